@@ -1,0 +1,3 @@
+"""heagg: threshold-CKKS secure aggregation for federated learning between hospitals."""
+
+__version__ = "0.1.0"
