@@ -60,6 +60,12 @@ class CeremonyConfig:
     preset: str = "compact"
     features: tuple[str, ...] = ()
     fedavg: FedAvgSettings = field(default_factory=FedAvgSettings)
+    #: fewest contributions a share holder accepts; None means max(2, threshold)
+    min_sites: int | None = None
+
+    @property
+    def effective_min_sites(self) -> int:
+        return self.min_sites if self.min_sites is not None else max(2, self.threshold)
 
     def validate(self) -> None:
         for name in self.sites:
@@ -72,6 +78,8 @@ class CeremonyConfig:
             raise UsageError(f"--threshold must be between 1 and the number of sites ({len(self.sites)})")
         if not self.features or len(set(self.features)) != len(self.features):
             raise UsageError("the feature list must be non-empty and without repeated names")
+        if not 2 <= self.effective_min_sites <= len(self.sites):
+            raise UsageError(f"--min-sites must be between 2 and the number of sites ({len(self.sites)})")
         if not self.fedavg.clip > 0 or self.fedavg.max_site_samples < 1:
             raise UsageError("--clip must be positive and --max-site-samples at least 1")
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
@@ -148,6 +156,7 @@ def run_ceremony(
         public_context_sha256=hashlib.sha256(public_bytes).hexdigest(),
         fedavg=config.fedavg,
         features=config.features,
+        min_sites=config.effective_min_sites,
     )
 
     out = config.out

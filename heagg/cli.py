@@ -108,6 +108,12 @@ def _ceremony_passphrases(sites: tuple[str, ...], insecure: bool) -> dict[str, s
     help="Samples that give a site full weight; larger sites count as this many (keeps encrypted sums bounded).",
 )
 @click.option(
+    "--min-sites",
+    type=int,
+    default=None,
+    help="Fewest contributions a share holder accepts in one sum [default: max(2, threshold)].",
+)
+@click.option(
     "--insecure-no-passphrase",
     is_flag=True,
     help="Seal key files without a passphrase (demos and tests only: anyone who reads a file has its secrets).",
@@ -120,6 +126,7 @@ def keygen(
     features: str,
     clip: float,
     max_site_samples: int,
+    min_sites: int | None,
     insecure_no_passphrase: bool,
 ) -> None:
     """Run the key ceremony: split one CKKS key t-of-n among the sites.
@@ -144,6 +151,7 @@ def keygen(
         preset=preset,
         features=_features_option(features),
         fedavg=FedAvgSettings(clip=clip, max_site_samples=max_site_samples),
+        min_sites=min_sites,
     )
     config.validate()  # before asking for passphrases
     result = run_ceremony(config, _ceremony_passphrases(config.sites, insecure_no_passphrase))
@@ -154,6 +162,288 @@ def keygen(
     click.echo(f"  manifest fingerprint {c.fingerprint[:16]}")
     if insecure_no_passphrase:
         click.echo("  WARNING: key files have no passphrase (--insecure-no-passphrase): demo use only", err=True)
+
+
+# aggregator and node ------------------------------------------------------------------------------
+
+
+def _service_logging() -> None:
+    """Services log one line per round event by default (-v adds debug)."""
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+
+
+def _key_passphrase(path: Path) -> str | None:
+    """None for a file sealed with --insecure-no-passphrase, else HEAGG_PASSPHRASE or a prompt."""
+    from heagg.crypto.keyfile import inspect_keyfile, passphrase_from_env_or_prompt
+
+    if inspect_keyfile(path).insecure:
+        return None
+    return passphrase_from_env_or_prompt("HEAGG_PASSPHRASE", prompt=f"Passphrase for {path}: ", confirm=False)
+
+
+def _plan(
+    model: str,
+    hidden: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    optimizer: str,
+    rounds: int,
+    seed: int,
+    n_features: int,
+):
+    from heagg.protocol.plan import TrainingPlan
+
+    try:
+        widths = [int(h) for h in hidden.split(",") if h.strip()]
+    except ValueError:
+        raise UsageError(f"--hidden {hidden!r}: give comma-separated layer widths, e.g. 32,16") from None
+    return TrainingPlan(
+        model={"kind": model, "n_features": n_features, "hidden": widths},
+        train={"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer},
+        rounds=rounds,
+        seed=seed,
+    )
+
+
+def _plan_options(f):
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                type=click.Choice(["logreg", "mlp"]),
+                default="logreg",
+                show_default=True,
+                help="The model every site trains.",
+            ),
+            click.option("--hidden", default="16", show_default=True, help="MLP hidden layer widths, comma-separated."),
+            click.option(
+                "--epochs", type=click.IntRange(1), default=5, show_default=True, help="Local epochs per round."
+            ),
+            click.option(
+                "--lr",
+                type=click.FloatRange(min=0, min_open=True),
+                default=0.1,
+                show_default=True,
+                help="Local learning rate.",
+            ),
+            click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
+            click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True),
+            click.option(
+                "--seed",
+                type=int,
+                default=0,
+                show_default=True,
+                help="Seed of the initial model and of local shuffling.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.option(
+    "--keys",
+    "keys_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Key directory: consortium.json, public.tenseal and aggregator.key (no share files needed).",
+)
+@click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True, help="Where nodes connect (ZeroMQ address).")
+@click.option("--rounds", type=click.IntRange(1), default=10, show_default=True, help="Training rounds to run.")
+@click.option(
+    "--min-sites",
+    type=int,
+    default=None,
+    help="Fewest contributions a round needs [default: the consortium's minimum from the ceremony].",
+)
+@click.option(
+    "--round-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds sites have to submit, and to acknowledge a result.",
+)
+@click.option(
+    "--decrypt-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds share holders have to consent and decrypt [default: --round-timeout].",
+)
+@click.option(
+    "--state",
+    type=click.Path(path_type=Path),
+    default=Path("heagg-aggregator-state"),
+    show_default=True,
+    help="Directory for the aggregator's progress; a restart resumes from it.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Give up (exit 3, state kept) after this many failed attempts of one step.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The aggregator's key file [default: KEYS/aggregator.key].",
+)
+@_plan_options
+def aggregator(
+    keys_dir: Path,
+    bind: str,
+    rounds: int,
+    min_sites: int | None,
+    round_timeout: float,
+    decrypt_timeout: float | None,
+    state: Path,
+    max_attempts: int,
+    key_file: Path | None,
+    model: str,
+    hidden: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    optimizer: str,
+    seed: int,
+) -> None:
+    """Run the aggregator: announce rounds, sum encrypted updates blindly, relay sealed partial decryptions.
+
+    \b
+    It never holds a key share or the site group key and cannot read any update, sum or sample count.
+    Rounds need at least --min-sites submissions and the consortium's threshold of responsive share
+    holders; a round that falls short is re-run (fresh encryptions) up to --max-attempts times.
+    Its key file passphrase comes from HEAGG_PASSPHRASE or a prompt.
+    """
+    from heagg.consortium import AGGREGATOR_KEY_FILE, Consortium
+    from heagg.protocol.aggregator import Aggregator, AggregatorConfig
+    from heagg.sitekeys import load_aggregator_keys
+
+    _service_logging()
+    consortium = Consortium.load(keys_dir)
+    key_path = key_file or keys_dir / AGGREGATOR_KEY_FILE
+    keys = load_aggregator_keys(keys_dir, passphrase=_key_passphrase(key_path), key_file=key_path)
+    config = AggregatorConfig(
+        keys_dir=keys_dir,
+        bind=bind,
+        plan=_plan(model, hidden, epochs, lr, batch_size, optimizer, rounds, seed, len(consortium.features)),
+        state=state,
+        min_sites=min_sites,
+        round_timeout=round_timeout,
+        decrypt_timeout=decrypt_timeout,
+        max_attempts=max_attempts,
+    )
+    sys.exit(Aggregator(config, keys).run())
+
+
+@cli.command()
+@click.option("--site", required=True, help="This site's name, as in the ceremony.")
+@click.option(
+    "--keys",
+    "keys_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Key directory: consortium.json, public.tenseal and sites/<site>.share.",
+)
+@click.option("--connect", default="tcp://127.0.0.1:5555", show_default=True, help="The aggregator's address.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="This site's training data: CSV (or Parquet) with the consortium's feature columns.",
+)
+@click.option("--target", required=True, help="The binary target column (0/1 or two labels such as M/B).")
+@click.option(
+    "--state",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory for this site's state, ledger and final model [default: heagg-node-<site>].",
+)
+@click.option(
+    "--test-data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Held-out rows for local evaluation [default: a --holdout split of --data].",
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Fraction of --data held out for local evaluation when --test-data is not given.",
+)
+@click.option(
+    "--full-verify-max-chunks",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Recompute the whole sum before decrypting for models up to this many ciphertext chunks.",
+)
+@click.option(
+    "--spot-checks",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="For larger models, how many random chunks of the sum to recompute.",
+)
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Torch threads for training.")
+@click.option(
+    "--keep-round-models/--no-keep-round-models",
+    default=True,
+    show_default=True,
+    help="Keep the global model of every round in STATE/rounds/.",
+)
+def node(
+    site: str,
+    keys_dir: Path,
+    connect: str,
+    data: Path,
+    target: str,
+    state: Path | None,
+    test_data: Path | None,
+    holdout: float,
+    full_verify_max_chunks: int,
+    spot_checks: int,
+    threads: int,
+    keep_round_models: bool,
+) -> None:
+    """Run one hospital's node: train locally, submit encrypted updates, help decrypt the consortium's sum.
+
+    \b
+    Patient rows never leave this process; what leaves is CKKS-encrypted, clipped, weighted model updates.
+    Before releasing a partial decryption the node verifies that the sum is made of at least min-sites
+    signed contributions (recomputing it, or spot-checking large models) and never decrypts a ciphertext
+    twice. The final global model is written to STATE/model.pt with a model card STATE/model.json.
+    Its share file passphrase comes from HEAGG_PASSPHRASE or a prompt.
+    """
+    import torch
+
+    from heagg.consortium import share_file
+    from heagg.protocol.node import Node, NodeConfig
+    from heagg.sitekeys import load_site_keys
+
+    _service_logging()
+    torch.set_num_threads(threads)
+    keys = load_site_keys(keys_dir, site, passphrase=_key_passphrase(share_file(keys_dir, site)))
+    config = NodeConfig(
+        site=site,
+        keys_dir=keys_dir,
+        connect=connect,
+        data=data,
+        target=target,
+        state=state or Path(f"heagg-node-{site}"),
+        test_data=test_data,
+        holdout=holdout,
+        full_verify_max_chunks=full_verify_max_chunks,
+        spot_checks=spot_checks,
+        keep_round_models=keep_round_models,
+    )
+    sys.exit(Node(config, keys).run())
 
 
 # keys ----------------------------------------------------------------------------------------------

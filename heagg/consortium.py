@@ -65,6 +65,8 @@ class Consortium:
     public_context_sha256: str
     fedavg: FedAvgSettings
     features: tuple[str, ...]
+    #: fewest contributions a share holder accepts in one aggregate
+    min_sites: int = 2
 
     # derived ------------------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class Consortium:
                 "public_context": {"file": PUBLIC_CONTEXT_FILE, "sha256": self.public_context_sha256},
             },
             "threshold": self.threshold,
+            "min_sites": self.min_sites,
             "sites": [asdict(s) for s in self.sites],
             "aggregator": {"curve_public": self.aggregator_curve_public, "key_file": AGGREGATOR_KEY_FILE},
             "fedavg": {"clip": self.fedavg.clip, "max_site_samples": self.fedavg.max_site_samples},
@@ -166,6 +169,7 @@ class Consortium:
                     clip=float(data["fedavg"]["clip"]), max_site_samples=int(data["fedavg"]["max_site_samples"])
                 ),
                 features=tuple(str(f) for f in data["features"]),
+                min_sites=int(data["min_sites"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyFileCorrupted(f"{source} is missing or has a malformed field: {exc}") from exc
@@ -180,6 +184,8 @@ class Consortium:
             raise KeyFileCorrupted(f"{source}: site indices must be 1..n and names unique")
         if not 1 <= self.threshold <= len(self.sites):
             raise KeyFileCorrupted(f"{source}: threshold {self.threshold} is not within 1..{len(self.sites)}")
+        if not 2 <= self.min_sites <= len(self.sites):
+            raise KeyFileCorrupted(f"{source}: min_sites {self.min_sites} is not within 2..{len(self.sites)}")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise KeyFileCorrupted(f"{source}: flooding sigma must be positive")
 

@@ -1,23 +1,27 @@
 """Feature standardisation for a consortium, without any site revealing its data.
 
-Decision: federated statistics. Every site computes its local moments — row count, per-feature sum and per-feature
-sum of squares (``local_moments``) — and the consortium adds them up through the same encrypted threshold path as the
-model updates, so neither the aggregator nor any other site sees one site's moments; only the sums are decrypted.
-Every site then scales with the same global mean and standard deviation (``Standardizer.from_moments``), exactly
-what a central model trained on the pooled rows would use (``Standardizer.fit``). Scaling with local statistics
-instead would give each site a different input space and break averaging under the feature skew hospitals have.
+Decision: federated statistics, not per-site scaling. Scaling with local statistics would give each site a
+different input space, which breaks averaging under the label and feature skew hospitals have. Instead the
+consortium computes the pooled mean and standard deviation through the same encrypted threshold path as the
+model updates, in two steps, each an average over sites weighted by their sample counts:
 
-Scale. Raw moments are large (WDBC's "worst area" reaches 4254, so one site's sum of squares is ~1e10) and CKKS can
-only add values that stay within its headroom, so ``local_moments`` divides the vector by ``scale`` and
-``from_moments`` multiplies it back. ``scale`` is chosen by the consortium, from public bounds, never from one site's
-data. It may be one number or one per slot (length 1 + 2d): CKKS adds an absolute error to every slot, so with a
-single scale large enough for "worst area" the sums of squares of a feature like "mean smoothness" (~0.01 per row)
-sink below that error; a per-slot scale (for instance max_rows * bound**2 for a feature's sum of squares) keeps
-every slot near 1.
+1. ``location_summary``: per feature, the signed log2-magnitude of the site's mean and the log2 of its standard
+   deviation, divided by 64 so they fit in [-1, 1] whatever the units. Their average gives a public, coarse
+   ``centre`` and ``spread`` per feature (``centre_and_spread``); they reveal orders of magnitude only.
+2. ``centred_moments``: per feature, the site's mean of z and of z^2 with z = (x - centre) / (4 * spread). With
+   sample-count weights their average is exactly the pooled mean of z and z^2, and every value stays near or
+   below 1, so CKKS's absolute error (about 1e-5 for the compact preset) is small relative to all of them, for
+   features of any magnitude (a single global scale would drown features like "smoothness", ~0.01, under
+   features like "area", ~1000), and centring first avoids the cancellation of E[x^2] - E[x]^2 for features
+   whose spread is small next to their mean.
+
+``Standardizer.from_centred_moments`` turns the decrypted average into the pooled mean and standard deviation;
+``Standardizer.fit`` computes them directly for the centrally trained baseline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,18 +33,50 @@ from heagg.errors import UsageError
 STD_FLOOR = 1e-8
 
 
-def moments_length(n_features: int) -> int:
-    """Length of a moments vector: the count, then d sums, then d sums of squares."""
-    return 1 + 2 * n_features
+#: log2 magnitudes are divided by this so that any float64 value maps into [-1, 1]
+LOG_RANGE = 64.0
+#: z = (x - centre) / (SPREAD_MARGIN * spread): a site's mean of z^2 stays below 1 unless its spread is over
+#: 4 times the consortium's coarse spread (then it is clipped); a smaller margin would clip more often, a larger
+#: one would lose precision (the error on the standard deviation grows with the margin squared)
+SPREAD_MARGIN = 4.0
 
 
-def local_moments(X: np.ndarray, *, scale: float | np.ndarray) -> np.ndarray:
-    """``[count, sums..., sums_of_squares...] / scale`` of a site's raw features, as float64."""
+def summary_length(n_features: int) -> int:
+    """Length of a location summary and of a centred-moments vector: two values per feature."""
+    return 2 * n_features
+
+
+def _features(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D feature matrix, got shape {X.shape}")
-    moments = np.concatenate(([float(X.shape[0])], X.sum(axis=0), np.square(X).sum(axis=0)))
-    return moments / _checked_scale(scale, moments.size)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"expected a non-empty 2-D feature matrix, got shape {X.shape}")
+    return X
+
+
+def location_summary(X: np.ndarray) -> np.ndarray:
+    """Step 1: ``[sign(mean) * log2(1 + |mean|) / 64 ..., log2(1 + std) / 64 ...]`` of a site's features."""
+    X = _features(X)
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    return np.concatenate((np.sign(mean) * np.log2(1 + np.abs(mean)), np.log2(1 + std))) / LOG_RANGE
+
+
+def centre_and_spread(average: np.ndarray, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The public coarse centre and spread from the weighted average of every site's ``location_summary``."""
+    average = np.asarray(average, dtype=np.float64).ravel()
+    if average.size != summary_length(n_features):
+        raise ValueError(f"expected {summary_length(n_features)} values for {n_features} features, got {average.size}")
+    location = np.clip(average[:n_features], -1, 1) * LOG_RANGE
+    centre = np.sign(location) * (np.exp2(np.abs(location)) - 1)
+    spread = np.exp2(np.clip(average[n_features:], 0, 1) * LOG_RANGE) - 1
+    # a constant feature has no spread: scale by something tiny next to its centre instead of by zero
+    spread = np.maximum(spread, np.maximum(np.abs(centre) * 1e-6, 1e-12))
+    return centre, spread
+
+
+def centred_moments(X: np.ndarray, centre: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Step 2: ``[mean(z) ..., mean(z^2) ...]`` with ``z = (x - centre) / (4 * spread)``."""
+    z = (_features(X) - centre) / (SPREAD_MARGIN * spread)
+    return np.concatenate((z.mean(axis=0), np.square(z).mean(axis=0)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,20 +103,17 @@ class Standardizer:
         return int(self.mean.size)
 
     @classmethod
-    def from_moments(cls, summed: np.ndarray, n_features: int, *, scale: float | np.ndarray) -> Standardizer:
-        """The global standardiser from the sum of every site's ``local_moments`` (same ``scale``)."""
-        summed = np.asarray(summed, dtype=np.float64).ravel()
-        if summed.size != moments_length(n_features):
-            raise ValueError(f"expected {moments_length(n_features)} moments for {n_features} features, "
-                             f"got {summed.size}")
-        moments = summed * _checked_scale(scale, summed.size)
-        count = moments[0]
-        if not count > 0.5:  # the decrypted count is approximate, but at least one row must be behind it
-            raise ValueError(f"summed moments count {count!r} rows; at least one is needed")
-        mean = moments[1 : 1 + n_features] / count
-        # E[x^2] - mean^2 may come out slightly negative from CKKS noise or rounding: clamp before the root
-        variance = np.maximum(moments[1 + n_features :] / count - np.square(mean), 0.0)
-        return cls(mean, _floored(np.sqrt(variance)))
+    def from_centred_moments(cls, average: np.ndarray, centre: np.ndarray, spread: np.ndarray) -> Standardizer:
+        """The pooled standardiser from the weighted average of every site's ``centred_moments``."""
+        average = np.asarray(average, dtype=np.float64).ravel()
+        n = centre.size
+        if average.size != summary_length(n):
+            raise ValueError(f"expected {summary_length(n)} moments for {n} features, got {average.size}")
+        mean_z, mean_z2 = average[:n], average[n:]
+        # E[z^2] - E[z]^2 may come out slightly negative from CKKS noise: clamp before the root
+        std_z = np.sqrt(np.maximum(mean_z2 - np.square(mean_z), 0.0))
+        unit = SPREAD_MARGIN * spread
+        return cls(centre + unit * mean_z, _floored(unit * std_z))
 
     @classmethod
     def fit(cls, X: np.ndarray) -> Standardizer:
@@ -115,10 +148,14 @@ def _floored(std: np.ndarray) -> np.ndarray:
     return np.where(std < STD_FLOOR, 1.0, std)
 
 
-def _checked_scale(scale: float | np.ndarray, length: int) -> np.ndarray | float:
-    array = np.asarray(scale, dtype=np.float64)
-    if array.ndim not in (0, 1) or (array.ndim == 1 and array.size != length):
-        raise ValueError(f"scale must be a number or a vector of length {length}")
-    if not (np.isfinite(array).all() and (array > 0).all()):
-        raise ValueError("scale must be finite and positive")
-    return float(array) if array.ndim == 0 else array
+def federated_standardizer(parts: Sequence[np.ndarray], weights: Sequence[float]) -> Standardizer:
+    """Both federated steps computed in the clear, with the same weighting the sites use when encrypting.
+
+    The plaintext-FedAvg baseline uses this, and tests compare the encrypted protocol against it.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n_features = np.asarray(parts[0]).shape[1]
+    summary = sum(wi * location_summary(X) for wi, X in zip(w, parts, strict=True)) / w.sum()
+    centre, spread = centre_and_spread(summary, n_features)
+    moments = sum(wi * centred_moments(X, centre, spread) for wi, X in zip(w, parts, strict=True)) / w.sum()
+    return Standardizer.from_centred_moments(moments, centre, spread)

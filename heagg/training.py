@@ -192,3 +192,8 @@ def _pos_weight(labels: torch.Tensor) -> torch.Tensor:
     negatives = float(labels.numel()) - positives
     ratio = negatives / positives if positives and negatives else 1.0
     return torch.tensor(ratio, dtype=torch.float32)
+
+
+def site_round_seed(round_: int, site_index: int) -> int:
+    """The per-call seed of ``train_local`` for a site in a round: the nodes and the plaintext baseline agree on it."""
+    return round_ * 65_536 + site_index

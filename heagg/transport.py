@@ -438,8 +438,10 @@ class AggregatorEndpoint(_Endpoint):
             raise RuntimeError("the aggregator endpoint is closed")
         route = self._route_of_site.get(site)
         if route is None:
-            why = "not connected" if site in self._allowed_sites else "not in the allow-list"
-            log.warning("dropped a message to site %s: %s", site, why)
+            if site in self._allowed_sites:  # expected until the site's first message: the caller decides
+                log.debug("no message to site %s: it has not connected yet", site)
+            else:
+                log.warning("dropped a message to site %s: not in the allow-list", site)
             return False
         try:
             self._socket.send_multipart([route, *frames], copy=False)

@@ -13,7 +13,7 @@ from heagg.errors import UsageError
 from heagg.fedavg import FedAvgSettings, average, site_vector
 from heagg.model import ModelSpec, build_model, flatten, load_flat
 from heagg.splits import Federation, split_sites
-from heagg.standardize import Standardizer, local_moments
+from heagg.standardize import Standardizer, federated_standardizer
 from heagg.training import Metrics, TrainConfig, evaluate, train_central, train_local
 
 ROUNDS = 10
@@ -26,10 +26,7 @@ def wdbc():
 
 def plaintext_fedavg(fed: Federation, spec: ModelSpec, config: TrainConfig, rounds: int) -> Metrics:
     """The federation without encryption: summed moments, then rounds of summed site vectors via heagg.fedavg."""
-    d = spec.n_features
-    scale = 1000.0
-    standardizer = Standardizer.from_moments(sum(local_moments(s.train.X, scale=scale) for s in fed.sites), d,
-                                             scale=scale)
+    standardizer = federated_standardizer([s.train.X for s in fed.sites], [len(s.train) for s in fed.sites])
     settings = FedAvgSettings()
     global_model = build_model(spec, seed=0)
     for round_no in range(rounds):

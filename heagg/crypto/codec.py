@@ -189,3 +189,18 @@ def decode_batch(
     data = unpack_bits(blob, count, bits, offset=HEADER.size).reshape(chunks, polys, limbs, layout.degree)
     check_below_primes(data, layout.primes)
     return length, data
+
+
+def select_chunks(layout: BatchLayout, blob: bytes, indices: list[int]) -> bytes:
+    """A ciphertext batch holding only the chunks ``indices`` of ``blob`` (already validated), without unpacking.
+
+    Chunks are byte-aligned in the packed layout (N * bits is a multiple of 8), so this is slicing.
+    """
+    per_chunk = layout.payload_bytes(KIND_CIPHERTEXT, 1)
+    header = bytearray(blob[: HEADER.size])
+    struct.pack_into("<QI", header, 12, len(indices) * layout.degree, len(indices))
+    parts = [bytes(header)]
+    for index in indices:
+        start = HEADER.size + index * per_chunk
+        parts.append(blob[start : start + per_chunk])
+    return b"".join(parts)
