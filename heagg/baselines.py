@@ -43,9 +43,7 @@ def fedavg_round(
     for data, index in zip(sites, indices, strict=True):
         local = build_model(plan.spec, seed=plan.seed)
         load_flat(local, model)
-        delta = train_local(
-            local, standardizer.transform(data.X), data.y, config, seed=site_round_seed(round_, index)
-        )
+        delta = train_local(local, standardizer.transform(data.X), data.y, config, seed=site_round_seed(round_, index))
         vector = site_vector(delta, len(data), fedavg)
         summed = vector if summed is None else summed + vector
     return model + average(summed).update

@@ -45,6 +45,8 @@ class HeaggError(Exception):
 
     #: process exit code used by the CLI
     exit_code = 1
+    #: a short stable tag for logs and counters of rejected messages
+    reason = "error"
 
 
 class UsageError(HeaggError):
@@ -76,31 +78,31 @@ class CryptoError(HeaggError):
 
 
 class InvalidCiphertext(CryptoError):
-    pass
+    reason = "invalid-ciphertext"
 
 
 class BadHeader(InvalidCiphertext):
-    pass
+    reason = "bad-header"
 
 
 class ParmsMismatch(InvalidCiphertext):
-    pass
+    reason = "parms-mismatch"
 
 
 class BadShape(InvalidCiphertext):
-    pass
+    reason = "bad-shape"
 
 
 class CoefficientOutOfRange(InvalidCiphertext):
-    pass
+    reason = "coefficient-out-of-range"
 
 
 class Truncated(InvalidCiphertext):
-    pass
+    reason = "truncated"
 
 
 class TooLarge(InvalidCiphertext):
-    pass
+    reason = "too-large"
 
 
 class NotEnoughShares(CryptoError):
@@ -124,7 +126,7 @@ class DecryptionFailed(CryptoError):
 
 
 class ProtocolError(HeaggError):
-    """A message that breaks the protocol. ``reason`` is a short stable tag for logs and counters."""
+    """A message that breaks the protocol."""
 
     reason = "protocol-error"
 

@@ -113,7 +113,9 @@ class LocalConsortium:
         self.procs[name] = proc
         return proc
 
-    def start_aggregator(self, rounds: int, *, keys_dir: Path | None = None, extra: Sequence[str] = ()) -> subprocess.Popen:
+    def start_aggregator(
+        self, rounds: int, *, keys_dir: Path | None = None, extra: Sequence[str] = ()
+    ) -> subprocess.Popen:
         args = [
             "aggregator",
             "--keys", str(keys_dir or self.keys_dir),
@@ -153,7 +155,9 @@ class LocalConsortium:
         try:
             return self.procs[name].wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise TimeoutError(f"{name} did not exit within {timeout:.0f}s; its log:\n{self.log(name)[-4000:]}") from None
+            raise TimeoutError(
+                f"{name} did not exit within {timeout:.0f}s; its log:\n{self.log(name)[-4000:]}"
+            ) from None
 
     def wait_all(self, timeout: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout

@@ -11,8 +11,10 @@ from heagg.ceremony import CeremonyConfig, run_ceremony
 from heagg.consortium import Consortium
 from heagg.crypto.context import CeremonyKey, CkksContext
 from heagg.crypto.threshold import KeyShare
-from heagg.data import WDBC_FEATURES
+from heagg.data import WDBC_FEATURES, load_wdbc
+from heagg.localrun import LocalConsortium
 from heagg.sitekeys import load_public_context, load_site_keys
+from heagg.splits import split_sites
 
 #: scrypt work factor for key files written by tests (the default, 2**15, is tested in test_keyfile.py)
 TEST_KDF_N = 2**10
@@ -52,3 +54,24 @@ def ceremony(tmp_path_factory):
         return cache[(n, t, preset)]
 
     return make
+
+
+def make_consortium(tmp_path, n, t, **kwargs) -> LocalConsortium:
+    federation = split_sites(load_wdbc(), n, kwargs.pop("split", "iid"), seed=kwargs.pop("seed", 0))
+    local = LocalConsortium(tmp_path / "run", federation, threshold=t, kdf_n=TEST_KDF_N, **kwargs)
+    local.setup()
+    return local
+
+
+@pytest.fixture
+def consortia():
+    made = []
+
+    def make(*args, **kwargs):
+        local = make_consortium(*args, **kwargs)
+        made.append(local)
+        return local
+
+    yield make
+    for local in made:
+        local.stop_all()

@@ -10,39 +10,14 @@ import torch
 
 from heagg.baselines import fedavg_round
 from heagg.consortium import AGGREGATOR_KEY_FILE, MANIFEST_FILE, PUBLIC_CONTEXT_FILE, Consortium
-from heagg.data import load_wdbc
 from heagg.fedavg import FedAvgSettings
 from heagg.localrun import LocalConsortium
 from heagg.model import build_model, flatten
 from heagg.protocol.plan import TrainingPlan
 from heagg.protocol.state import SharedState
-from heagg.splits import split_sites
 from heagg.standardize import Standardizer
 
-from .conftest import TEST_KDF_N
-
 pytestmark = pytest.mark.slow
-
-
-def make_consortium(tmp_path, n, t, **kwargs) -> LocalConsortium:
-    federation = split_sites(load_wdbc(), n, kwargs.pop("split", "iid"), seed=kwargs.pop("seed", 0))
-    local = LocalConsortium(tmp_path / "run", federation, threshold=t, kdf_n=TEST_KDF_N, **kwargs)
-    local.setup()
-    return local
-
-
-@pytest.fixture
-def consortia():
-    made = []
-
-    def make(*args, **kwargs):
-        local = make_consortium(*args, **kwargs)
-        made.append(local)
-        return local
-
-    yield make
-    for local in made:
-        local.stop_all()
 
 
 def round_models(local: LocalConsortium, site: str, rounds: int) -> list[np.ndarray]:
@@ -59,8 +34,13 @@ def test_five_nodes_threshold_three_match_plaintext_fedavg_every_round(tmp_path,
 
     consortium = Consortium.load(local.keys_dir)
     record = local.aggregator_record()
-    assert [(h["round"], h["step"]) for h in record["history"]] == [(0, "scales"), (0, "moments"), (1, "train"),
-                                                                    (2, "train"), (3, "train")]
+    assert [(h["round"], h["step"]) for h in record["history"]] == [
+        (0, "scales"),
+        (0, "moments"),
+        (1, "train"),
+        (2, "train"),
+        (3, "train"),
+    ]
     assert all(h["contributors"] == local.site_names for h in record["history"])
     # every site ends with the same global model and standardisation
     shared = [SharedState.from_bytes(local.node_record(s)["shared"]) for s in local.site_names]

@@ -84,6 +84,7 @@ class AggregatorConfig:
     decrypt_timeout: float | None = None
     max_attempts: int = 10
     finish_grace: float = 5.0
+    retry_delay: float = 2.0
 
 
 @dataclass
@@ -143,6 +144,7 @@ class Aggregator:
         self.spool = self.dir / "spool"
         self._load_state()
         self.suspects: set[str] = set()
+        self.last_seen: dict[str, float] = {}
         self.rejections: Counter[str] = Counter()
         allowed = {s.name: s.curve_public.encode() for s in self.consortium.sites}
         longest = max(self.plan.vector_length(step) for step in ("scales", "train"))
@@ -221,7 +223,7 @@ class Aggregator:
         return cls(consortium=self.consortium.consortium_id, ref=ref, sender=AGGREGATOR, **fields)
 
     def _reject(self, site: str, rejected_type: str, exc: HeaggError, state: RoundState | None) -> None:
-        reason = getattr(exc, "reason", "invalid")
+        reason = exc.reason
         self.rejections[reason] += 1
         where = str(state.ref) if state else "between rounds"
         logger.warning("%s: rejected %s from %s: %s: %s", where, rejected_type, site, reason, exc)
@@ -241,6 +243,7 @@ class Aggregator:
                 continue
             site = incoming.site
             self.suspects.discard(site)
+            self.last_seen[site] = self.clock()
             if state is not None:
                 state.bytes_in += sum(len(f) for f in incoming.frames)
             try:
@@ -298,6 +301,8 @@ class Aggregator:
                             f"round {round_} {step} failed {failures} times, last: {state.failure}; "
                             f"state is saved in {self.dir}: fix the cause and restart to resume"
                         )
+                    # wait before retrying, still answering hellos (a share holder coming back says hello)
+                    self._receive(self.clock() + self.config.retry_delay, None)
                     continue
                 failures = 0
             self._finish()
@@ -436,21 +441,31 @@ class Aggregator:
             state.consents[site] = msg.signature
         return True
 
-    def _choose_decryptors(self, state: RoundState) -> tuple[int, ...] | None:
-        t = self.consortium.threshold
+    def _responsive(self, state: RoundState) -> list[str]:
+        """Sites likely to answer now: this attempt's contributors first, then sites heard from recently."""
+        recent = self.clock() - max(3 * self.config.round_timeout, 30.0)
         ranked = [s for s in state.contributions if s not in self.suspects]
-        ranked += [s.name for s in self.consortium.sites if s.name not in ranked and s.name not in self.suspects]
-        if len(ranked) < t:
+        ranked += [
+            s.name
+            for s in self.consortium.sites
+            if s.name not in ranked and s.name not in self.suspects and self.last_seen.get(s.name, -1e18) >= recent
+        ]
+        return ranked
+
+    def _choose_decryptors(self, state: RoundState) -> tuple[int, ...] | None:
+        ranked = self._responsive(state)
+        if len(ranked) < self.consortium.threshold:
             return None
-        return tuple(sorted(self.consortium.site(name).index for name in ranked[:t]))
+        return tuple(sorted(self.consortium.site(name).index for name in ranked[: self.consortium.threshold]))
 
     def decrypt(self, state: RoundState) -> bool:
         start = self.clock()
         chosen = self._choose_decryptors(state)
         if chosen is None:
+            online = self._responsive(state)
             return state.fail(
                 f"fewer than {self.consortium.threshold} responsive share holders "
-                f"(unresponsive: {', '.join(sorted(self.suspects)) or 'none'})"
+                f"(responsive: {', '.join(online) or 'none'}; the threshold needs {self.consortium.threshold})"
             )
         state.decrypting_set = chosen
         contributors = sorted(state.contributions)
