@@ -132,6 +132,33 @@ def load_wdbc() -> Dataset:
     return Dataset(bunch.data, 1 - bunch.target, WDBC_FEATURES, "wdbc")
 
 
+def _check_path_and_features(path: Path, features: tuple[str, ...], target: str | None) -> None:
+    if not features:
+        raise UsageError("no feature columns given")
+    duplicates = sorted({f for f in features if features.count(f) > 1})
+    if duplicates:
+        raise UsageError(f"feature columns listed twice: {', '.join(map(repr, duplicates))}")
+    if target is not None and target in features:
+        raise UsageError(f"the target column {target!r} is also listed as a feature")
+    if not path.exists():
+        raise DataError(f"{path}: no such file; give the path of the site's CSV or Parquet data file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give the path of the site's CSV or Parquet data file")
+
+
+def _read_columns(path: Path, features: tuple[str, ...], target: str | None) -> tuple[np.ndarray, dict]:
+    wanted = (*features, target) if target is not None else features
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        header, columns = _read_parquet(path, wanted)
+    else:
+        header, columns = _read_csv(path, wanted)
+    _check_columns(path, header, target, features)
+    X = np.empty((len(columns[features[0]]), len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        X[:, j] = [_feature_value(path, name, row, cell) for row, cell in enumerate(columns[name], start=1)]
+    return X, columns
+
+
 def load_table(path: str | Path, *, target: str, features: Sequence[str]) -> Dataset:
     """Read a site's CSV or Parquet file into a ``Dataset`` with columns in the order of ``features``.
 
@@ -139,27 +166,8 @@ def load_table(path: str | Path, *, target: str, features: Sequence[str]) -> Dat
     """
     path = Path(path)
     features = tuple(features)
-    if not features:
-        raise UsageError("no feature columns given")
-    duplicates = sorted({f for f in features if features.count(f) > 1})
-    if duplicates:
-        raise UsageError(f"feature columns listed twice: {', '.join(map(repr, duplicates))}")
-    if target in features:
-        raise UsageError(f"the target column {target!r} is also listed as a feature")
-    if not path.exists():
-        raise DataError(f"{path}: no such file; give the path of the site's CSV or Parquet data file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; give the path of the site's CSV or Parquet data file")
-
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        header, columns = _read_parquet(path, (*features, target))
-    else:
-        header, columns = _read_csv(path, (*features, target))
-    _check_columns(path, header, target, features)
-
-    X = np.empty((len(columns[target]), len(features)), dtype=np.float32)
-    for j, name in enumerate(features):
-        X[:, j] = [_feature_value(path, name, row, cell) for row, cell in enumerate(columns[name], start=1)]
+    _check_path_and_features(path, features, target)
+    X, columns = _read_columns(path, features, target)
     y = _binary_target(path, target, columns[target])
     dataset = Dataset(X, y, features, path.stem)
     benign, malignant = dataset.class_counts()
@@ -167,6 +175,14 @@ def load_table(path: str | Path, *, target: str, features: Sequence[str]) -> Dat
         only = "malignant (1)" if benign == 0 else "benign (0)"
         log.warning("%s: every row is %s; the site will train on one class only", path, only)
     return dataset
+
+
+def load_features(path: str | Path, *, features: Sequence[str]) -> np.ndarray:
+    """Read only the feature columns of new patients (no target needed), with the same checks as ``load_table``."""
+    path = Path(path)
+    features = tuple(features)
+    _check_path_and_features(path, features, None)
+    return _read_columns(path, features, None)[0]
 
 
 def write_csv(dataset: Dataset, path: str | Path, *, target: str = DEFAULT_TARGET) -> None:
@@ -243,12 +259,12 @@ def _read_parquet(path: Path, wanted: tuple[str, ...]) -> tuple[list[str], dict[
     return header, columns
 
 
-def _check_columns(path: Path, header: list[str], target: str, features: tuple[str, ...]) -> None:
+def _check_columns(path: Path, header: list[str], target: str | None, features: tuple[str, ...]) -> None:
     present = set(header)
     hint = ""
     if header and all(_is_number(h) for h in header):
         hint = "; the first line looks like data: the file needs a header row naming the columns"
-    if target not in present:
+    if target is not None and target not in present:
         raise DataError(f"{path}: no target column {target!r}{_did_you_mean(target, header)}; "
                         f"pass the name of the 0/1 diagnosis column with --target{hint}")
     missing = [f for f in features if f not in present]

@@ -110,6 +110,7 @@ class Node:
         self.site = keys.site
         self.ctx = load_public_context(config.keys_dir, self.consortium)
         self.train_data, self.test_data = load_site_data(config, self.consortium, self.site.index)
+        import sklearn.metrics  # noqa: F401 - loaded now, not in the middle of the first round
         self.dir = state_dir(config.state)
         self.holder = ShareHolder(
             self.ctx,
