@@ -167,8 +167,15 @@ def test_decimal_comma_is_non_numeric(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cell", "what"), [("", "empty cell"), ("NaN", "missing value"), ("NA", "missing value"), ("inf", "infinite"),
-                       ("-Infinity", "infinite"), ("1e39", "out-of-range")]
+    ("cell", "what"),
+    [
+        ("", "empty cell"),
+        ("NaN", "missing value"),
+        ("NA", "missing value"),
+        ("inf", "infinite"),
+        ("-Infinity", "infinite"),
+        ("1e39", "out-of-range"),
+    ],
 )
 def test_missing_and_infinite_values_name_column_and_row(tmp_path, cell, what):
     path = write(tmp_path, f"radius,texture,diagnosis\n1,2,1\n{cell},4,0\n")
@@ -260,9 +267,23 @@ def test_example_node_config_names_every_node_option():
 def test_make_example_data_writes_loadable_site_files(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, str(REPO / "node" / "make_example_data.py"), "--out", str(tmp_path), "--sites", "4",
-         "--split", "size:0.4", "--seed", "3"],
-        capture_output=True, text=True, env=env, check=False)
+        [
+            sys.executable,
+            str(REPO / "node" / "make_example_data.py"),
+            "--out",
+            str(tmp_path),
+            "--sites",
+            "4",
+            "--split",
+            "size:0.4",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     sites = [load_table(tmp_path / f"site-{k}.csv", target="diagnosis", features=WDBC_FEATURES) for k in range(1, 5)]
     holdout = load_table(tmp_path / "holdout.csv", target="diagnosis", features=WDBC_FEATURES)
@@ -276,6 +297,10 @@ def test_make_example_data_reports_a_bad_split_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, str(REPO / "node" / "make_example_data.py"), "--out", str(tmp_path), "--split", "skewed"],
-        capture_output=True, text=True, env=env, check=False)
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "accepted forms" in result.stderr

@@ -95,9 +95,14 @@ def test_spec_dict_round_trip_and_validation():
     for spec in (ModelSpec("logreg", 30), ModelSpec("mlp", 30, (32, 8))):
         assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert ModelSpec("logreg", 30, hidden=(8,)) == ModelSpec("logreg", 30)
-    for bad in (lambda: ModelSpec("svm", 3), lambda: ModelSpec("mlp", 0), lambda: ModelSpec("mlp", 3, ()),
-                lambda: ModelSpec("mlp", 3, (4, -1)), lambda: ModelSpec.from_dict({"kind": "mlp"}),
-                lambda: ModelSpec.from_dict({"kind": "mlp", "n_features": 3, "depth": 2})):
+    for bad in (
+        lambda: ModelSpec("svm", 3),
+        lambda: ModelSpec("mlp", 0),
+        lambda: ModelSpec("mlp", 3, ()),
+        lambda: ModelSpec("mlp", 3, (4, -1)),
+        lambda: ModelSpec.from_dict({"kind": "mlp"}),
+        lambda: ModelSpec.from_dict({"kind": "mlp", "n_features": 3, "depth": 2}),
+    ):
         with pytest.raises(UsageError):
             bad()
 
@@ -108,9 +113,14 @@ def trained(tmp_path):
     spec = ModelSpec("mlp", data.n_features, (8,))
     model = build_model(spec, seed=3)
     standardizer = Standardizer.fit(data.X)
-    card = {"features": list(data.features), "standardizer": standardizer.to_dict(), "rounds": 7,
-            "metrics": {"accuracy": 0.97, "auc": 0.99}, "sites": ["site-1", "site-2"],
-            "privacy": {"clip": 1.0, "threshold": 2}}
+    card = {
+        "features": list(data.features),
+        "standardizer": standardizer.to_dict(),
+        "rounds": 7,
+        "metrics": {"accuracy": 0.97, "auc": 0.99},
+        "sites": ["site-1", "site-2"],
+        "privacy": {"clip": 1.0, "threshold": 2},
+    }
     path = tmp_path / "model.pt"
     save_model(path, model, spec, card)
     return path, model, spec, card, standardizer, data
@@ -122,8 +132,9 @@ def test_export_import_round_trip(trained):
     assert loaded_spec == spec and loaded_card == card
     assert np.array_equal(flatten(loaded), flatten(model))
     reloaded_standardizer = Standardizer.from_dict(loaded_card["standardizer"])
-    assert np.array_equal(predict_proba(loaded, data.X, reloaded_standardizer),
-                          predict_proba(model, data.X, standardizer))
+    assert np.array_equal(
+        predict_proba(loaded, data.X, reloaded_standardizer), predict_proba(model, data.X, standardizer)
+    )
     document = json.loads(card_path(path).read_text())
     assert document["format_version"] == 1 and document["spec"] == spec.to_dict()
 

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def heagg(*args, cwd=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "heagg", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "heagg", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def check_metrics(metrics):
@@ -32,8 +33,22 @@ def check_metrics(metrics):
 
 def test_simulate_as_a_subprocess_writes_the_documented_json_and_plot(tmp_path):
     out, plot = tmp_path / "report.json", tmp_path / "acc.png"
-    result = heagg("simulate", "--sites", "3", "--threshold", "2", "--rounds", "2", "--json", str(out),
-                   "--plot", str(plot), "--workdir", str(tmp_path / "work"), "-q")
+    result = heagg(
+        "simulate",
+        "--sites",
+        "3",
+        "--threshold",
+        "2",
+        "--rounds",
+        "2",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
+        "--workdir",
+        str(tmp_path / "work"),
+        "-q",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2]

@@ -33,8 +33,13 @@ def malignant_share_spread(fed: Federation) -> float:
 
 @pytest.mark.parametrize(
     ("text", "spec"),
-    [("iid", SplitSpec("iid")), (" IID ", SplitSpec("iid")), ("dirichlet:0.3", SplitSpec("dirichlet", alpha=0.3)),
-     ("dirichlet:5", SplitSpec("dirichlet", alpha=5.0)), ("size:0.5", SplitSpec("size", big_fraction=0.5))],
+    [
+        ("iid", SplitSpec("iid")),
+        (" IID ", SplitSpec("iid")),
+        ("dirichlet:0.3", SplitSpec("dirichlet", alpha=0.3)),
+        ("dirichlet:5", SplitSpec("dirichlet", alpha=5.0)),
+        ("size:0.5", SplitSpec("size", big_fraction=0.5)),
+    ],
 )
 def test_parse_split_accepts_the_documented_forms(text, spec):
     assert parse_split(text) == spec
@@ -43,8 +48,23 @@ def test_parse_split_accepts_the_documented_forms(text, spec):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "random", "iid:1", "dirichlet", "dirichlet:", "dirichlet:0", "dirichlet:-1", "dirichlet:abc",
-     "dirichlet:nan", "dirichlet:inf", "size", "size:0", "size:1", "size:1.5", "size:half"],
+    [
+        "",
+        "random",
+        "iid:1",
+        "dirichlet",
+        "dirichlet:",
+        "dirichlet:0",
+        "dirichlet:-1",
+        "dirichlet:abc",
+        "dirichlet:nan",
+        "dirichlet:inf",
+        "size",
+        "size:0",
+        "size:1",
+        "size:1.5",
+        "size:half",
+    ],
 )
 def test_parse_split_rejects_anything_else_listing_the_forms(text):
     with pytest.raises(UsageError) as info:
@@ -59,8 +79,11 @@ def test_parse_split_rejects_anything_else_listing_the_forms(text):
 def test_split_is_deterministic(spec):
     a, b = (split_sites(load_wdbc(), 5, spec, seed=7) for _ in range(2))
     c = split_sites(load_wdbc(), 5, spec, seed=8)
-    pairs = [(a.test, b.test), *((sa.train, sb.train) for sa, sb in zip(a.sites, b.sites, strict=True)),
-             *((sa.test, sb.test) for sa, sb in zip(a.sites, b.sites, strict=True))]
+    pairs = [
+        (a.test, b.test),
+        *((sa.train, sb.train) for sa, sb in zip(a.sites, b.sites, strict=True)),
+        *((sa.test, sb.test) for sa, sb in zip(a.sites, b.sites, strict=True)),
+    ]
     assert all(np.array_equal(x.X, y.X) and np.array_equal(x.y, y.y) for x, y in pairs)
     assert not all(np.array_equal(sa.train.X, sc.train.X) for sa, sc in zip(a.sites, c.sites, strict=True))
 
@@ -104,8 +127,10 @@ def test_iid_sites_share_class_mix_and_size():
 
 def test_dirichlet_skews_labels_more_as_alpha_shrinks():
     data = load_wdbc()
-    spread = {spec: np.mean([malignant_share_spread(split_sites(data, 5, spec, seed=s)) for s in range(5)])
-              for spec in ("iid", "dirichlet:100", "dirichlet:1", "dirichlet:0.3", "dirichlet:0.1")}
+    spread = {
+        spec: np.mean([malignant_share_spread(split_sites(data, 5, spec, seed=s)) for s in range(5)])
+        for spec in ("iid", "dirichlet:100", "dirichlet:1", "dirichlet:0.3", "dirichlet:0.1")
+    }
     assert spread["iid"] < 0.02
     assert spread["dirichlet:0.3"] > 0.2 > spread["dirichlet:100"]
     assert spread["dirichlet:0.1"] > spread["dirichlet:1"] > spread["dirichlet:100"]
@@ -147,8 +172,10 @@ def test_impossible_size_split_is_a_usage_error():
         split_sites(load_wdbc(), 1, "size:0.5", seed=0)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"test_fraction": 1.0}, "test fraction"),
-                                               ({"site_test_fraction": -0.1}, "site test fraction")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"test_fraction": 1.0}, "test fraction"), ({"site_test_fraction": -0.1}, "site test fraction")],
+)
 def test_bad_fractions_are_usage_errors(kwargs, match):
     with pytest.raises(UsageError, match=match):
         split_sites(load_wdbc(), 3, "iid", seed=0, **kwargs)

@@ -34,8 +34,9 @@ def plaintext_fedavg(fed: Federation, spec: ModelSpec, config: TrainConfig, roun
         for k, site in enumerate(fed.sites):
             local = build_model(spec, seed=0)
             load_flat(local, flatten(global_model))
-            delta = train_local(local, standardizer.transform(site.train.X), site.train.y, config,
-                                seed=1000 * round_no + k)
+            delta = train_local(
+                local, standardizer.transform(site.train.X), site.train.y, config, seed=1000 * round_no + k
+            )
             summed += site_vector(delta, len(site.train), settings)
         averaged = average(summed)
         assert averaged.participants == len(fed.sites)
@@ -54,8 +55,20 @@ def test_config_dict_round_trip():
 
 @pytest.mark.parametrize(
     "data",
-    [{"epoch": 3}, {"epochs": 0}, {"epochs": 2.5}, {"epochs": True}, {"lr": 0}, {"lr": float("nan")},
-     {"batch_size": -1}, {"optimizer": "rmsprop"}, {"loss": "hinge"}, {"l2": -1.0}, {"seed": -1}, {"lr": "0.1"}],
+    [
+        {"epoch": 3},
+        {"epochs": 0},
+        {"epochs": 2.5},
+        {"epochs": True},
+        {"lr": 0},
+        {"lr": float("nan")},
+        {"batch_size": -1},
+        {"optimizer": "rmsprop"},
+        {"loss": "hinge"},
+        {"l2": -1.0},
+        {"seed": -1},
+        {"lr": "0.1"},
+    ],
 )
 def test_config_rejects_unknown_keys_and_bad_values(data):
     with pytest.raises(UsageError):
@@ -101,8 +114,9 @@ def test_train_local_leaves_global_rng_alone(wdbc):
     assert torch.equal(state, torch.get_rng_state())
 
 
-@pytest.mark.parametrize("config", [TrainConfig(optimizer="adam", lr=0.01), TrainConfig(loss="weighted-bce"),
-                                    TrainConfig(l2=0.5)])
+@pytest.mark.parametrize(
+    "config", [TrainConfig(optimizer="adam", lr=0.01), TrainConfig(loss="weighted-bce"), TrainConfig(l2=0.5)]
+)
 def test_variants_train_and_differ_from_the_default(wdbc, config):
     X, y = standardized_site(wdbc)
     spec = ModelSpec("logreg", X.shape[1])

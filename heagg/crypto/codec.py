@@ -79,16 +79,17 @@ def unpack_bits(buffer: bytes | memoryview, count: int, bits: int, *, offset: in
     if bits == 64:
         return np.frombuffer(buffer, dtype="<u8", count=count, offset=offset).astype(np.uint64)
     if _pairwise(bits):
-        width = bits // 4
-        raw = np.frombuffer(buffer, dtype=np.uint8, count=count // 2 * width, offset=offset).reshape(-1, width)
-        padded = np.zeros((raw.shape[0], 16), dtype=np.uint8)
-        padded[:, :width] = raw
-        words = padded.view("<u8")
-        out = np.empty((raw.shape[0], 2), dtype=np.uint64)
-        mask = np.uint64((1 << bits) - 1)
-        np.bitwise_and(words[:, 0], mask, out=out[:, 0])
-        np.bitwise_or(words[:, 0] >> np.uint64(bits), words[:, 1] << np.uint64(64 - bits), out=out[:, 1])
-        out[:, 1] &= mask
+        # A pair is ``width`` bytes: the low value is its first 8 bytes masked, the high value its last 8 bytes
+        # shifted down. Unaligned strided views read both straight from the buffer, without copying it.
+        width, pairs = bits // 4, count // 2
+        if len(buffer) < offset + pairs * width:
+            raise ValueError(f"buffer holds fewer than {count} packed values")
+        out = np.empty((pairs, 2), dtype=np.uint64)
+        if pairs:
+            low = np.ndarray((pairs,), dtype="<u8", buffer=buffer, offset=offset, strides=(width,))
+            high = np.ndarray((pairs,), dtype="<u8", buffer=buffer, offset=offset + width - 8, strides=(width,))
+            np.bitwise_and(low, np.uint64((1 << bits) - 1), out=out[:, 0])
+            np.right_shift(high, np.uint64(64 - bits), out=out[:, 1])
         return out.reshape(-1)
     words = np.frombuffer(buffer, dtype="<u8", count=count // 64 * bits, offset=offset).reshape(-1, bits)
     groups = np.empty((words.shape[0], 64), dtype=np.uint64)
@@ -153,6 +154,20 @@ def decode_batch(
     declared chunk count against ``max_chunks``, parms_id and scale, the exact byte count, then every
     coefficient against its prime.
     """
+    length, chunks = check_header(layout, blob, kind=kind, max_chunks=max_chunks)
+    polys, limbs = _POLYS[kind], len(layout.primes)
+    count = chunks * polys * limbs * layout.degree
+    data = unpack_bits(blob, count, layout.bits, offset=HEADER.size).reshape(chunks, polys, limbs, layout.degree)
+    check_below_primes(data, layout.primes)
+    return length, data
+
+
+def check_header(layout: BatchLayout, blob: bytes | memoryview, *, kind: int, max_chunks: int) -> tuple[int, int]:
+    """Every check of ``decode_batch`` but the coefficients' (header, limits, exact size); return (length, chunks).
+
+    For decoders that unpack a batch a few chunks at a time: chunk k's coefficients start at byte
+    ``HEADER.size + k * layout.payload_bytes(kind, 1)``.
+    """
     name = _KIND_NAMES[kind]
     if len(blob) < HEADER.size:
         raise Truncated(f"{name} batch is {len(blob)} bytes, shorter than its {HEADER.size}-byte header")
@@ -185,10 +200,7 @@ def decode_batch(
         raise Truncated(f"{name} batch is {len(blob)} bytes, needs {expected}")
     if len(blob) > expected:
         raise BadShape(f"{name} batch has {len(blob) - expected} trailing bytes")
-    count = chunks * polys * limbs * layout.degree
-    data = unpack_bits(blob, count, bits, offset=HEADER.size).reshape(chunks, polys, limbs, layout.degree)
-    check_below_primes(data, layout.primes)
-    return length, data
+    return length, chunks
 
 
 def select_chunks(layout: BatchLayout, blob: bytes, indices: list[int]) -> bytes:

@@ -9,15 +9,18 @@ the aggregator never needs SEAL, a key or a decoder.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from heagg.crypto import codec
 from heagg.crypto.context import CkksContext
-from heagg.crypto.modarith import add_mod
-from heagg.errors import BadShape
+from heagg.crypto.modarith import add_mod, sub_mod
+from heagg.errors import BadShape, CoefficientOutOfRange, InvalidCiphertext
+
+#: coefficients ``RunningSum.add_bytes`` unpacks at a time: its temporaries stay in cache
+_BLOCK_VALUES = 1 << 16
 
 
 def layout_of(ctx: CkksContext) -> codec.BatchLayout:
@@ -80,8 +83,54 @@ class RunningSum:
 
     def __init__(self, ctx: CkksContext) -> None:
         self._moduli = ctx.moduli
+        self._layout = layout_of(ctx)
         self._total: EncryptedVector | None = None
         self.count = 0
+
+    def add_bytes(self, blob: bytes | memoryview, *, max_chunks: int) -> None:
+        """``add(EncryptedVector.from_bytes(ctx, blob, max_chunks=...))`` without decoding the whole vector first.
+
+        The same checks, errors and result, but the wire bytes are unpacked, validated and added a few chunks
+        at a time, so no full-size temporary exists: at 10^7 parameters, page-faulting a fresh 160 MB array
+        costs more than the additions. A batch rejected part-way is subtracted again, leaving the sum as it was.
+        """
+        layout = self._layout
+        length, chunks = codec.check_header(layout, blob, kind=codec.KIND_CIPHERTEXT, max_chunks=max_chunks)
+        if self._total is not None and length != self._total.length:
+            raise BadShape(f"cannot add a vector of length {length} to one of {self._total.length}")
+        shape = (chunks, 2, len(layout.primes), layout.degree)
+        total = self._total if self._total is not None else EncryptedVector(length, np.zeros(shape, dtype=np.uint64))
+        added = 0
+        try:
+            for start, block in self._blocks(blob, chunks):
+                part = total.data[start : start + block.shape[0]]
+                add_mod(part, block, self._moduli, out=part)
+                added = start + block.shape[0]
+        except InvalidCiphertext:
+            if self._total is not None:  # undo the blocks already added (they passed validation)
+                for start, block in self._blocks(blob, added):
+                    part = total.data[start : start + block.shape[0]]
+                    part[...] = sub_mod(part, block, self._moduli)
+            raise
+        self._total = total
+        self.count += 1
+
+    def _blocks(self, blob: bytes | memoryview, chunks: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first chunk, validated chunks) of a batch whose header ``codec.check_header`` accepted."""
+        layout = self._layout
+        shape = (2, len(layout.primes), layout.degree)
+        values = shape[0] * shape[1] * shape[2]
+        step = max(1, _BLOCK_VALUES // values)
+        chunk_bytes = layout.payload_bytes(codec.KIND_CIPHERTEXT, 1)
+        for start in range(0, chunks, step):
+            count = min(step, chunks - start)
+            offset = codec.HEADER.size + start * chunk_bytes
+            block = codec.unpack_bits(blob, count * values, layout.bits, offset=offset).reshape(count, *shape)
+            # the same check as check_below_primes, as one maximum per limb: no boolean temporary
+            for j, q in enumerate(layout.primes):
+                if block[:, :, j].max() >= q:
+                    raise CoefficientOutOfRange("a coefficient is not below its prime")
+            yield start, block
 
     def add(self, vector: EncryptedVector) -> None:
         if self._total is None:
