@@ -29,7 +29,6 @@ from heagg.messages import (
     decode,
 )
 from heagg.protocol.sealing import (
-    chunk_digests,
     chunk_root,
     consent_statement,
     contribution_statement,
@@ -105,9 +104,9 @@ class ScriptedSite:
         vector = encrypt_vector(self.ctx, site_vector(np.zeros(length - 2), 50, FedAvgSettings(1.0, 100)))
         if data is not None:
             vector = EncryptedVector(vector.length, data)
-        root = chunk_root(chunk_digests(vector.data))
-        statement = contribution_statement(self.consortium.consortium_id, ref, self.name, vector.length, root)
         blob = codec.encode_batch(layout_of(self.ctx), codec.KIND_CIPHERTEXT, vector.length, vector.data)
+        root = chunk_root(codec.chunk_digests(layout_of(self.ctx), blob))
+        statement = contribution_statement(self.consortium.consortium_id, ref, self.name, vector.length, root)
         return self.message(
             Submit, ref, chunk_root=root, signature=sign(self.keys.signing_key, statement), payload=(blob,)
         ).to_frames()
@@ -128,7 +127,7 @@ class ScriptedSite:
             aggregate = EncryptedVector.from_bytes(self.ctx, request.payload[0], max_chunks=1 << 16)
             members = tuple(request.decrypting_set)
             partial = self.holder.partial_decrypt(aggregate, members, label=ref.label)
-            root = chunk_root(chunk_digests(aggregate.data))
+            root = chunk_root(codec.chunk_digests(layout_of(self.ctx), request.payload[0]))
             raw = partial.to_bytes(self.ctx)
             if self.corrupt_partial is not None:
                 raw = self.corrupt_partial(raw)

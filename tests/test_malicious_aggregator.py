@@ -35,7 +35,7 @@ from heagg.messages import (
     decode,
 )
 from heagg.protocol.plan import TrainingPlan
-from heagg.protocol.sealing import chunk_digests, chunk_root, open_sealed
+from heagg.protocol.sealing import chunk_root, open_sealed
 from heagg.sitekeys import load_aggregator_keys, load_public_context
 from heagg.standardize import location_summary
 from heagg.transport import AggregatorEndpoint, CurveKeyPair
@@ -102,9 +102,7 @@ class EvilAggregator:
         """Send a decryption request; answer challenges with the named contributions; return replies per site."""
         names = sorted(contributors)
         vectors = {s: submissions[s].payload[0] for s in names}
-        digests = [
-            b"".join(chunk_digests(EncryptedVector.from_bytes(self.ctx, vectors[s], max_chunks=8).data)) for s in names
-        ]
+        digests = [b"".join(codec.chunk_digests(layout_of(self.ctx), vectors[s])) for s in names]
         for index in decryptors:
             self.send(
                 self.consortium.site_by_index(index).name,
@@ -154,9 +152,7 @@ def test_share_holders_refuse_every_cheating_request(tmp_path, consortia):
 
         # 1. site-1's ciphertext passed off as the sum of site-1 and site-2 (the consents are real: the sites
         #    cannot check the root they approve, but they check the sum before decrypting)
-        consents = evil.consent(
-            ref, pair, chunk_root(chunk_digests(EncryptedVector.from_bytes(evil.ctx, one_site, max_chunks=8).data))
-        )
+        consents = evil.consent(ref, pair, chunk_root(codec.chunk_digests(layout_of(evil.ctx), one_site)))
         replies = evil.request(ref, (1, 2), one_site, pair, submissions, consents)
         assert all(isinstance(r, Refuse) for r in replies.values()), replies
         assert all("not the sum of the signed contributions" in r.reason for r in replies.values())
@@ -170,7 +166,7 @@ def test_share_holders_refuse_every_cheating_request(tmp_path, consortia):
         for s in pair:
             total.add(EncryptedVector.from_bytes(evil.ctx, submissions[s].payload[0], max_chunks=8))
         aggregate = total.total.to_bytes(evil.ctx)
-        consents = evil.consent(ref, pair, chunk_root(chunk_digests(total.total.data)))
+        consents = evil.consent(ref, pair, chunk_root(codec.chunk_digests(layout_of(evil.ctx), aggregate)))
         replies = evil.request(ref, (1, 2), aggregate, pair, submissions, consents, answer_with=["site-1", "site-1"])
         assert all(isinstance(r, Refuse) and "does not match what site-2 signed" in r.reason for r in replies.values())
         # consents name the aggregate: the old ones do not cover this one
@@ -186,7 +182,7 @@ def test_share_holders_refuse_every_cheating_request(tmp_path, consortia):
             total.add(EncryptedVector.from_bytes(evil.ctx, submissions[s].payload[0], max_chunks=8))
         aggregate_vector = total.total
         aggregate = aggregate_vector.to_bytes(evil.ctx)
-        consents = evil.consent(ref2, pair, chunk_root(chunk_digests(aggregate_vector.data)))
+        consents = evil.consent(ref2, pair, chunk_root(codec.chunk_digests(layout_of(evil.ctx), aggregate)))
         honest = evil.request(ref2, (1, 3), aggregate, pair, submissions, consents)
         assert all(isinstance(r, Partial) for r in honest.values()), honest
 

@@ -25,9 +25,11 @@ group occupying bits [k*bits, (k+1)*bits) of that group's bit string.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -203,16 +205,35 @@ def check_header(layout: BatchLayout, blob: bytes | memoryview, *, kind: int, ma
     return length, chunks
 
 
-def select_chunks(layout: BatchLayout, blob: bytes, indices: list[int]) -> bytes:
-    """A ciphertext batch holding only the chunks ``indices`` of ``blob`` (already validated), without unpacking.
+def select_chunks(layout: BatchLayout, source: bytes | BinaryIO, indices: list[int]) -> bytes:
+    """A ciphertext batch holding only the chunks ``indices`` of a validated batch, without unpacking.
 
-    Chunks are byte-aligned in the packed layout (N * bits is a multiple of 8), so this is slicing.
+    ``source`` is the batch's bytes or a seekable file holding them. Chunks are byte-aligned in the packed
+    layout (N * bits is a multiple of 8), so this is slicing plus a new header.
     """
+
+    def read(offset: int, size: int) -> bytes:
+        if isinstance(source, bytes | bytearray | memoryview):
+            return bytes(source[offset : offset + size])
+        source.seek(offset)
+        return source.read(size)
+
     per_chunk = layout.payload_bytes(KIND_CIPHERTEXT, 1)
-    header = bytearray(blob[: HEADER.size])
+    header = bytearray(read(0, HEADER.size))
     struct.pack_into("<QI", header, 12, len(indices) * layout.degree, len(indices))
-    parts = [bytes(header)]
-    for index in indices:
-        start = HEADER.size + index * per_chunk
-        parts.append(blob[start : start + per_chunk])
-    return b"".join(parts)
+    return bytes(header) + b"".join(read(HEADER.size + index * per_chunk, per_chunk) for index in indices)
+
+
+def chunk_digests(layout: BatchLayout, blob: bytes | memoryview) -> list[bytes]:
+    """SHA-256 of each chunk's packed bytes in a (header-checked) ciphertext batch.
+
+    Packing is a bijection on coefficients below 2**bits, so this identifies a chunk exactly, and it can be
+    computed (and checked against a signature) without unpacking anything.
+    """
+    (chunks,) = struct.unpack_from("<I", blob, 20)
+    per_chunk = layout.payload_bytes(KIND_CIPHERTEXT, 1)
+    view = memoryview(blob)
+    return [
+        hashlib.sha256(view[HEADER.size + k * per_chunk : HEADER.size + (k + 1) * per_chunk]).digest()
+        for k in range(chunks)
+    ]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from heagg.crypto import codec
 from heagg.crypto.context import CkksContext
-from heagg.crypto.vectors import EncryptedVector, RunningSum, layout_of
+from heagg.crypto.vectors import RunningSum, layout_of
 from heagg.errors import (
     BadShape,
     DuplicateMessage,
@@ -58,7 +58,6 @@ from heagg.messages import (
 )
 from heagg.protocol.plan import TrainingPlan, first_step, is_finished, next_step
 from heagg.protocol.sealing import (
-    chunk_digests,
     chunk_root,
     consent_statement,
     contribution_statement,
@@ -89,11 +88,18 @@ class AggregatorConfig:
 
 @dataclass
 class Contribution:
+    """A verified, summed submission; its bytes wait in the spool for the share holders' challenges."""
+
     site: str
-    blob: bytes = field(repr=False)
+    spool: Path
     root: bytes
     digests: list[bytes] = field(repr=False)
     signature: bytes
+
+    def chunks(self, layout: codec.BatchLayout, indices: list[int]) -> bytes:
+        """A batch of just these chunks, read from the spool (nothing else of the submission is loaded)."""
+        with open(self.spool, "rb") as f:
+            return codec.select_chunks(layout, f, indices)
 
 
 @dataclass
@@ -365,12 +371,10 @@ class Aggregator:
                     raise DuplicateMessage(f"{site} already submitted for {state.ref}")
                 if site not in expected:
                     raise WrongRound(f"{state.ref} re-runs the contributors {', '.join(self.locked)} only")
-                contribution = self._check_submission(site, msg, state, chunks)
+                state.contributions[site] = self._accept_submission(site, msg, state, chunks)
             except (ProtocolError, InvalidCiphertext) as exc:
                 self._reject(site, msg.TYPE, exc, state)
                 continue
-            state.total.add(contribution.vector)
-            state.contributions[site] = contribution.record
             logger.info("%s: accepted submission from %s (%d bytes)", state.ref, site, len(msg.payload[0]))
         self._collecting = False
         state.seconds["collect"] = self.clock() - state.started
@@ -388,29 +392,31 @@ class Aggregator:
             return state.fail(f"re-run needs every contributor of the first attempt; missing {', '.join(late)}")
         if len(state.contributions) < self.min_sites:
             return state.fail(f"only {len(state.contributions)} sites submitted, min-sites is {self.min_sites}")
-        start = self.clock()
-        total = state.total.total
-        state.aggregate_blob = total.to_bytes(self.ctx)
-        state.aggregate_root = chunk_root(chunk_digests(total.data))
-        state.seconds["sum"] = self.clock() - start
+        state.aggregate_blob = state.total.total.to_bytes(self.ctx)
+        state.aggregate_root = chunk_root(codec.chunk_digests(self.layout, state.aggregate_blob))
         return True
 
-    @dataclass
-    class _Checked:
-        vector: EncryptedVector
-        record: Contribution
-
-    def _check_submission(self, site: str, msg: Submit, state: RoundState, chunks: int) -> Aggregator._Checked:
-        vector = EncryptedVector.from_bytes(self.ctx, msg.payload[0], max_chunks=chunks)
-        if vector.length != state.length:
-            raise BadShape(f"submission holds {vector.length} values, expected {state.length}")
-        digests = chunk_digests(vector.data)
+    def _accept_submission(self, site: str, msg: Submit, state: RoundState, chunks: int) -> Contribution:
+        """Check the header and the signature (cheap, before any unpacking), then add it to the running sum
+        chunk block by chunk block (which checks every coefficient) and spool its bytes to disk."""
+        blob = msg.payload[0]
+        length, _ = codec.check_header(self.layout, blob, kind=codec.KIND_CIPHERTEXT, max_chunks=chunks)
+        if length != state.length:
+            raise BadShape(f"submission holds {length} values, expected {state.length}")
+        digests = codec.chunk_digests(self.layout, blob)
         root = chunk_root(digests)
         if root != msg.chunk_root:
             raise MalformedMessage("chunk root does not match the ciphertext")
         statement = contribution_statement(self.consortium.consortium_id, state.ref, site, state.length, root)
         verify(self.consortium.site(site).signing_public, statement, msg.signature, who=f"{site}'s submission")
-        return Aggregator._Checked(vector, Contribution(site, msg.payload[0], root, digests, msg.signature))
+        assert state.total is not None
+        start = self.clock()
+        state.total.add_bytes(blob, max_chunks=chunks)
+        state.seconds["sum"] = state.seconds.get("sum", 0.0) + self.clock() - start
+        self.spool.mkdir(parents=True, exist_ok=True)
+        path = self.spool / f"{site}.bin"
+        path.write_bytes(blob)
+        return Contribution(site, path, root, digests, msg.signature)
 
     def consent(self, state: RoundState) -> bool:
         contributors = sorted(state.contributions)
@@ -528,7 +534,7 @@ class Aggregator:
             raise MalformedMessage(f"challenge names chunks outside 0..{chunks - 1} or repeats one")
         state.challenges[index] = wanted
         contributors = sorted(state.contributions)
-        frames = tuple(codec.select_chunks(self.layout, state.contributions[s].blob, wanted) for s in contributors)
+        frames = tuple(state.contributions[s].chunks(self.layout, wanted) for s in contributors)
         self._send(site, self._msg(ChallengeResponse, state.ref, chunks=wanted, payload=frames), state)
 
     def publish(self, state: RoundState) -> bool:

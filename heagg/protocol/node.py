@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from heagg.consortium import Consortium
+from heagg.crypto import codec
 from heagg.crypto.holder import ShareHolder
 from heagg.crypto.ledger import DecryptionLedger
 from heagg.crypto.threshold import PartialDecryption, combine
-from heagg.crypto.vectors import EncryptedVector, encrypt_vector
+from heagg.crypto.vectors import EncryptedVector, encrypt_vector, layout_of
 from heagg.data import Dataset, load_table
 from heagg.errors import CryptoError, DecryptionFailed, HeaggError, ProtocolError, RequestRefused, UsageError
 from heagg.fedavg import average
@@ -50,7 +51,6 @@ from heagg.model import build_model, load_flat, save_model
 from heagg.protocol import verify as checks
 from heagg.protocol.plan import TrainingPlan, first_step, next_step
 from heagg.protocol.sealing import (
-    chunk_digests,
     chunk_root,
     consent_statement,
     contribution_statement,
@@ -111,6 +111,7 @@ class Node:
         self.ctx = load_public_context(config.keys_dir, self.consortium)
         self.train_data, self.test_data = load_site_data(config, self.consortium, self.site.index)
         import sklearn.metrics  # noqa: F401 - loaded now, not in the middle of the first round
+
         self.dir = state_dir(config.state)
         self.holder = ShareHolder(
             self.ctx,
@@ -292,7 +293,7 @@ class Node:
         trained = time.perf_counter()
         vector = encrypt_vector(self.ctx, values)
         blob = vector.to_bytes(self.ctx)
-        root = chunk_root(chunk_digests(vector.data))
+        root = chunk_root(codec.chunk_digests(layout_of(self.ctx), blob))
         statement = contribution_statement(self.consortium.consortium_id, ref, self.site.name, vector.length, root)
         self._send(Submit, ref, chunk_root=root, signature=sign(self.keys.signing_key, statement), payload=(blob,))
         self.submitted = ref
@@ -394,7 +395,7 @@ class Node:
     # result: combine, apply, acknowledge ---------------------------------------------------------
 
     def _open_partials(self, msg: Result, aggregate: EncryptedVector) -> list[PartialDecryption]:
-        root = chunk_root(chunk_digests(aggregate.data))
+        root = chunk_root(codec.chunk_digests(layout_of(self.ctx), msg.payload[0]))
         members = tuple(msg.decrypting_set)
         if sorted(msg.senders) != list(members) or len(msg.payload) - 1 != len(members):
             raise DecryptionFailed("the relayed partials do not match the decrypting set")

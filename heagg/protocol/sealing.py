@@ -1,7 +1,8 @@
 """Signatures that attribute contributions and partials, and the site group key's AEAD.
 
 Contributions: every site signs (consortium, round attempt, site, vector length, chunk root) with its Ed25519
-key from the ceremony, where the chunk root is SHA-256 over the SHA-256 of each ciphertext chunk. A share
+key from the ceremony, where the chunk root is SHA-256 over the SHA-256 of each ciphertext chunk's wire bytes
+(``codec.chunk_digests``). A share
 holder can then check that the aggregate it is asked to decrypt is a sum of at least min-sites contributions
 from distinct registered sites, chunk by chunk, without trusting the aggregator.
 
@@ -24,7 +25,6 @@ import os
 from collections.abc import Sequence
 
 import msgpack
-import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -33,11 +33,6 @@ from heagg.errors import BadSignature, MalformedMessage
 from heagg.messages import RoundRef
 
 _NONCE = 12
-
-
-def chunk_digests(data: np.ndarray) -> list[bytes]:
-    """SHA-256 of each chunk (both polynomials) of a batch shaped (chunks, polys, limbs, N)."""
-    return [hashlib.sha256(np.ascontiguousarray(data[k]).tobytes()).digest() for k in range(data.shape[0])]
 
 
 def chunk_root(digests: Sequence[bytes]) -> bytes:

@@ -24,26 +24,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from heagg.consortium import Consortium
+from heagg.crypto import codec
 from heagg.crypto.context import CkksContext
 from heagg.crypto.modarith import add_mod
 from heagg.crypto.threshold import check_decrypting_set
-from heagg.crypto.vectors import EncryptedVector
+from heagg.crypto.vectors import EncryptedVector, layout_of
 from heagg.errors import BadSignature, HeaggError, InvalidCiphertext, RequestRefused
 from heagg.messages import ChallengeResponse, DecryptRequest, RoundRef
-from heagg.protocol.sealing import chunk_digests, chunk_root, consent_statement, contribution_statement, verify
+from heagg.protocol.sealing import chunk_root, consent_statement, contribution_statement, verify
 
 
 @dataclass(frozen=True)
 class VerifiedRequest:
     ref: RoundRef
     aggregate: EncryptedVector = field(repr=False)
+    aggregate_root: bytes
     decrypting_set: tuple[int, ...]
     contributors: tuple[str, ...]
     digests: tuple[tuple[bytes, ...], ...] = field(repr=False)
-
-    @property
-    def aggregate_root(self) -> bytes:
-        return chunk_root(chunk_digests(self.aggregate.data))
 
 
 def _refuse(reason: str) -> RequestRefused:
@@ -102,14 +100,14 @@ def check_request(
         except BadSignature as exc:
             raise _refuse(str(exc)) from exc
         digests.append(site_digests)
-    aggregate_root = chunk_root(chunk_digests(aggregate.data))
+    aggregate_root = chunk_root(codec.chunk_digests(layout_of(ctx), request.payload[0]))
     consent = consent_statement(consortium.consortium_id, ref, contributors, aggregate_root)
     for site, signature in zip(contributors, request.consents, strict=True):
         try:
             verify(consortium.site(site).signing_public, consent, signature, who=f"{site}'s consent")
         except BadSignature as exc:
             raise _refuse(f"{exc}: {site} did not approve this contributor set and aggregate") from exc
-    return VerifiedRequest(ref, aggregate, members, contributors, tuple(digests))
+    return VerifiedRequest(ref, aggregate, aggregate_root, members, contributors, tuple(digests))
 
 
 def choose_challenge(chunks: int, *, full_max_chunks: int, spot_checks: int) -> list[int]:
@@ -137,8 +135,9 @@ def check_challenge_response(
             raise _refuse(f"contribution of {site} is not a valid ciphertext: {exc}") from exc
         if part.chunks != len(challenge):
             raise _refuse(f"contribution of {site} returned {part.chunks} chunks, expected {len(challenge)}")
+        returned = codec.chunk_digests(layout_of(ctx), frame)
         for position, index in enumerate(challenge):
-            if chunk_digests(part.data[position : position + 1])[0] != site_digests[index]:
+            if returned[position] != site_digests[index]:
                 raise _refuse(f"chunk {index} of {site}'s contribution does not match what {site} signed")
         add_mod(total, part.data, ctx.moduli, out=total)
     for position, index in enumerate(challenge):
