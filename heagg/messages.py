@@ -269,11 +269,13 @@ class Ack(Message):
     """A site applied (or could not apply) the result. Payload: the new state sealed under the group key."""
 
     TYPE = "ack"
-    BODY = {"ok": _bool, "state_digest": _bytes(max_len=32), "reason": _str(512)}
+    BODY = {"ok": _bool, "state_digest": _bytes(max_len=32), "reason": _str(512), "blame": _list(_SITE_INDEX)}
     FRAMES = (0, 1)
     ok: bool = True
     state_digest: bytes = b""
     reason: str = ""
+    #: sites whose partial decryption was provably malformed (signed by them, but not a valid partial)
+    blame: list = field(default_factory=list)
 
 
 @message

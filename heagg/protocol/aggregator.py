@@ -11,6 +11,7 @@ and persists its progress after every step so a restart resumes where it stopped
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import shutil
@@ -151,6 +152,9 @@ class Aggregator:
         self._load_state()
         self.suspects: set[str] = set()
         self.last_seen: dict[str, float] = {}
+        #: sites whose partial decryptions were reported malformed, and decrypting sets whose result failed
+        self.blamed: set[str] = set()
+        self.failed_sets: set[tuple[int, ...]] = set()
         self.rejections: Counter[str] = Counter()
         allowed = {s.name: s.curve_public.encode() for s in self.consortium.sites}
         longest = max(self.plan.vector_length(step) for step in ("scales", "train"))
@@ -268,6 +272,9 @@ class Aggregator:
                 stale = "no round is open" if state is None else f"the open step is {state.ref}"
                 self._reject(site, msg.TYPE, WrongRound(f"{msg.TYPE} for {msg.ref}, but {stale}"), state)
                 continue
+            if isinstance(msg, Submit) and site in state.contributions:
+                self._reject(site, msg.TYPE, DuplicateMessage(f"{site} already submitted for {state.ref}"), state)
+                continue
             return site, msg
 
     def _on_hello(self, site: str, hello: Hello, state: RoundState | None) -> None:
@@ -367,8 +374,6 @@ class Aggregator:
             try:
                 if not isinstance(msg, Submit):
                     raise WrongRound(f"{msg.TYPE} while collecting submissions")
-                if site in state.contributions:
-                    raise DuplicateMessage(f"{site} already submitted for {state.ref}")
                 if site not in expected:
                     raise WrongRound(f"{state.ref} re-runs the contributors {', '.join(self.locked)} only")
                 state.contributions[site] = self._accept_submission(site, msg, state, chunks)
@@ -459,10 +464,19 @@ class Aggregator:
         return ranked
 
     def _choose_decryptors(self, state: RoundState) -> tuple[int, ...] | None:
-        ranked = self._responsive(state)
-        if len(ranked) < self.consortium.threshold:
-            return None
-        return tuple(sorted(self.consortium.site(name).index for name in ranked[: self.consortium.threshold]))
+        """t responsive, unblamed share holders, in order of preference, avoiding sets whose result failed.
+
+        A wrong but well-formed partial cannot be attributed (it only shows as an out-of-range result), so
+        after such a failure the next attempt tries another decrypting set.
+        """
+        t = self.consortium.threshold
+        ranked = [name for name in self._responsive(state) if name not in self.blamed]
+        # among any len(failed_sets) + 1 distinct sets at least one has not failed
+        for names in itertools.islice(itertools.combinations(ranked, t), len(self.failed_sets) + 1):
+            chosen = tuple(sorted(self.consortium.site(name).index for name in names))
+            if chosen not in self.failed_sets:
+                return chosen
+        return None
 
     def decrypt(self, state: RoundState) -> bool:
         start = self.clock()
@@ -577,6 +591,17 @@ class Aggregator:
         for site, reason in failed.items():
             logger.warning("%s: %s could not apply the result: %s", state.ref, site, reason)
         if not ok:
+            self.failed_sets.add(state.decrypting_set)
+            blamed = Counter(i for a in state.acks.values() if not a.ok for i in a.blame if i in state.decrypting_set)
+            for index, votes in blamed.items():
+                name = self.consortium.site_by_index(index).name
+                logger.warning(
+                    "%s: %d sites report a malformed partial from %s: not asked to decrypt again",
+                    state.ref,
+                    votes,
+                    name,
+                )
+                self.blamed.add(name)
             return state.fail(
                 "no site applied the result: " + ("; ".join(f"{s}: {r}" for s, r in failed.items()) or "no acks")
             )

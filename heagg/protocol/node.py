@@ -73,6 +73,14 @@ MODEL_FILE = "model.pt"
 ROUNDS_DIR = "rounds"
 
 
+class MalformedPartial(DecryptionFailed):
+    """A partial decryption its own signer sent malformed: attributable, so the aggregator can avoid it."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     site: str
@@ -403,23 +411,24 @@ class Node:
         for index, signature, sealed in zip(msg.senders, msg.signatures, msg.payload[1:], strict=True):
             who = self.consortium.site_by_index(index)
             statement = partial_statement(self.consortium.consortium_id, msg.ref, index, members, root, sealed)
+            # a bad signature means the relay altered it; past this point the bytes are the signer's own
             verify(who.signing_public, statement, signature, who=f"{who.name}'s partial")
-            raw = open_sealed(
-                self.keys.group_key,
-                sealed,
-                kind="partial",
-                consortium=self.consortium.consortium_id,
-                ref=msg.ref,
-                extra=[index, list(members), root],
-            )
             try:
+                raw = open_sealed(
+                    self.keys.group_key,
+                    sealed,
+                    kind="partial",
+                    consortium=self.consortium.consortium_id,
+                    ref=msg.ref,
+                    extra=[index, list(members), root],
+                )
                 partials.append(
                     PartialDecryption.from_bytes(
                         self.ctx, raw, index=index, decrypting_set=members, max_chunks=aggregate.chunks
                     )
                 )
-            except CryptoError as exc:
-                raise DecryptionFailed(f"the partial decryption of {who.name} is malformed: {exc}") from exc
+            except (CryptoError, ProtocolError) as exc:
+                raise MalformedPartial(index, f"the partial decryption of {who.name} is malformed: {exc}") from exc
         return partials
 
     def on_result(self, msg: Result) -> None:
@@ -448,7 +457,8 @@ class Node:
             shared = self.task.apply(ref.round, ref.step, self.shared, averaged)
         except (HeaggError, ValueError) as exc:
             logger.warning("%s: %s: could not apply the result: %s", self.site.name, ref, exc)
-            self._send(Ack, ref, ok=False, state_digest=b"", reason=str(exc)[:500])
+            blame = [exc.index] if isinstance(exc, MalformedPartial) else []
+            self._send(Ack, ref, ok=False, state_digest=b"", reason=str(exc)[:500], blame=blame)
             return
         self.shared = shared
         entry: dict = {"round": ref.round, "step": ref.step, "participants": round(averaged.participants)}
@@ -470,7 +480,7 @@ class Node:
             ref=NO_ROUND,
             extra=[digest],
         )
-        self._send(Ack, ref, ok=True, state_digest=digest, reason="", payload=(sealed,))
+        self._send(Ack, ref, ok=True, state_digest=digest, reason="", blame=[], payload=(sealed,))
         logger.info(
             "%s: %s: applied the average of %d sites in %.2fs%s",
             self.site.name,
