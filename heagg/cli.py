@@ -220,7 +220,7 @@ def _plan_options(f):
             ),
             click.option("--hidden", default="16", show_default=True, help="MLP hidden layer widths, comma-separated."),
             click.option(
-                "--epochs", type=click.IntRange(1), default=5, show_default=True, help="Local epochs per round."
+                "--epochs", type=click.IntRange(1), default=10, show_default=True, help="Local epochs per round."
             ),
             click.option(
                 "--lr",
@@ -604,6 +604,45 @@ def predict(model_path: Path, data: Path, out: Path | None, decision: float) -> 
             stream.close()
     if out:
         click.echo(f"scored {len(scores)} patients into {out}", err=True)
+
+
+@cli.command()
+@click.option("--sites", type=click.IntRange(2), default=5, show_default=True, help="Consortium size.")
+@click.option("--threshold", "-t", type=click.IntRange(1), default=3, show_default=True, help="Decrypting sites.")
+@click.option("--clip", type=float, default=1.0, show_default=True, help="Per-coordinate clip of updates.")
+def presets(sites: int, threshold: int, clip: float) -> None:
+    """Show the CKKS presets with the scale, flooding width and error bound they give this consortium."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from heagg.ceremony import data_primes
+    from heagg.consortium import slot_bound
+    from heagg.fedavg import FedAvgSettings
+    from heagg.params import PRESETS, choose_scale, flooding_sigma, sum_error_bound
+
+    if threshold > sites:
+        raise UsageError(f"--threshold {threshold} is larger than --sites {sites}")
+    bound = slot_bound(sites, FedAvgSettings(clip=clip))
+    table = Table(title=f"heagg presets for {sites} sites, threshold {threshold}, clip {clip}")
+    for column in ("preset", "N", "prime bits", "reals/ct", "B/param", "scale", "sigma", "tau (chunks)",
+                   "avg error bound"):
+        table.add_column(column, justify="right")
+    for name, preset in PRESETS.items():
+        scale = choose_scale(preset, data_primes(name), n_sites=sites, slot_bound=bound)
+        error = sum_error_bound(preset, n_sites=sites, threshold=threshold, scale=scale, slot_bound=bound) / sites
+        table.add_row(
+            name + (" (default)" if name == "compact" else ""),
+            str(preset.poly_modulus_degree),
+            "+".join(map(str, preset.data_bits)) + f" +{preset.special_bits}sp",
+            str(preset.reals_per_ciphertext),
+            f"{preset.bytes_per_param:g}",
+            f"2^{int(math.log2(scale))}",
+            f"2^{math.log2(flooding_sigma(preset, sites)):.1f}",
+            f"2^{preset.tau_log2}",
+            f"{error:.1e}",
+        )
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    click.echo("The error bound assumes equal full weights; see README 'Parameter presets'.")
 
 
 # keys ----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class TrainConfig:
     for every call of ``train_local``, so Adam's moments do not carry across rounds.
     """
 
-    epochs: int = 5
+    epochs: int = 10
     lr: float = 0.1
     batch_size: int = 32
     optimizer: str = "sgd"
