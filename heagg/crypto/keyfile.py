@@ -218,7 +218,7 @@ def seal_keyfile(
         raise UsageError(f"cannot seal {path}: {len(data)} bytes is over the {MAX_FILE_BYTES}-byte key-file limit")
     _write_new(path, data)
     if passphrase is None:
-        logger.warning("%s was sealed WITHOUT a passphrase (--insecure-no-passphrase): demo use only", path)
+        logger.info("%s was sealed WITHOUT a passphrase (--insecure-no-passphrase): demo use only", path)
     return _fingerprint(header)
 
 
