@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +188,20 @@ def test_seal_loader_quirks_are_checked_by_heagg(ceremony):
         seal_format.parse_ciphertext(
             seal_format.build_ciphertext(ctx.parms_id, bad, ntt=True, scale=ctx.scale), **expect
         )
+
+
+def test_golden_batch_encoding():
+    """A fixed batch (not an encryption: fixed coefficients) against its stored bytes: the format cannot drift."""
+    primes = (1152921504606830593,)
+    layout = codec.BatchLayout(primes, 1024, bytes(range(32)), 2.0**56)
+    data = (np.arange(2 * 1024, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) % np.uint64(primes[0])).reshape(
+        1, 2, 1, 1024
+    )
+    blob = codec.encode_batch(layout, codec.KIND_CIPHERTEXT, 1000, data)
+    path = Path(__file__).parent / "vectors" / "ciphertext-batch-v1.bin"
+    if os.environ.get("HEAGG_REGEN_VECTORS"):
+        path.write_bytes(blob)
+    assert blob == path.read_bytes()
+    length, back = codec.decode_batch(layout, path.read_bytes(), kind=codec.KIND_CIPHERTEXT, max_chunks=1)
+    assert length == 1000
+    np.testing.assert_array_equal(back, data)
