@@ -172,4 +172,4 @@ class RequestRefused(ProtocolError):
 
 
 class RoundFailed(HeaggError):
-    pass
+    exit_code = 3

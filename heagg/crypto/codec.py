@@ -76,23 +76,40 @@ def _pack_groups(values: np.ndarray, bits: int) -> bytes:
     return words.astype("<u8", copy=False).tobytes()
 
 
-def unpack_bits(buffer: bytes | memoryview, count: int, bits: int, *, offset: int = 0) -> np.ndarray:
-    """Inverse of ``pack_bits``: ``count`` values (a multiple of 64) from ``count * bits / 8`` bytes."""
-    if bits == 64:
-        return np.frombuffer(buffer, dtype="<u8", count=count, offset=offset).astype(np.uint64)
+def unpack_bits(
+    buffer: bytes | memoryview, count: int, bits: int, *, offset: int = 0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Inverse of ``pack_bits``: ``count`` values (a multiple of 64) from ``count * bits / 8`` bytes.
+
+    ``out``, a contiguous uint64 array of ``count`` values, receives them instead of a new array (a decoder
+    that works block by block reuses one buffer rather than allocating per block).
+    """
+    if out is not None and (out.dtype != np.uint64 or out.size != count or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a contiguous uint64 array of {count} values")
     if _pairwise(bits):
         # A pair is ``width`` bytes: the low value is its first 8 bytes masked, the high value its last 8 bytes
         # shifted down. Unaligned strided views read both straight from the buffer, without copying it.
         width, pairs = bits // 4, count // 2
         if len(buffer) < offset + pairs * width:
             raise ValueError(f"buffer holds fewer than {count} packed values")
-        out = np.empty((pairs, 2), dtype=np.uint64)
+        result = np.empty((pairs, 2), dtype=np.uint64) if out is None else out.reshape(pairs, 2)
         if pairs:
             low = np.ndarray((pairs,), dtype="<u8", buffer=buffer, offset=offset, strides=(width,))
             high = np.ndarray((pairs,), dtype="<u8", buffer=buffer, offset=offset + width - 8, strides=(width,))
-            np.bitwise_and(low, np.uint64((1 << bits) - 1), out=out[:, 0])
-            np.right_shift(high, np.uint64(64 - bits), out=out[:, 1])
-        return out.reshape(-1)
+            np.bitwise_and(low, np.uint64((1 << bits) - 1), out=result[:, 0])
+            np.right_shift(high, np.uint64(64 - bits), out=result[:, 1])
+        return result.reshape(-1)
+    values = _unpack_other(buffer, count, bits, offset)
+    if out is None:
+        return values
+    out.reshape(-1)[:] = values
+    return out.reshape(-1)
+
+
+def _unpack_other(buffer: bytes | memoryview, count: int, bits: int, offset: int) -> np.ndarray:
+    """``unpack_bits`` for the widths without a fast path."""
+    if bits == 64:
+        return np.frombuffer(buffer, dtype="<u8", count=count, offset=offset).astype(np.uint64)
     words = np.frombuffer(buffer, dtype="<u8", count=count // 64 * bits, offset=offset).reshape(-1, bits)
     groups = np.empty((words.shape[0], 64), dtype=np.uint64)
     mask = np.uint64((1 << bits) - 1)

@@ -16,7 +16,6 @@ import numpy as np
 
 from heagg.crypto import codec
 from heagg.crypto.context import CkksContext
-from heagg.crypto.modarith import add_mod, sub_mod
 from heagg.errors import BadShape, CoefficientOutOfRange, InvalidCiphertext
 
 #: coefficients ``RunningSum.add_bytes`` unpacks at a time: its temporaries stay in cache
@@ -79,13 +78,33 @@ def encrypt_vector(ctx: CkksContext, values: np.ndarray) -> EncryptedVector:
 
 
 class RunningSum:
-    """Adds encrypted vectors as they arrive: memory is one vector, whatever the number of sites."""
+    """Adds encrypted vectors as they arrive: memory is one vector, whatever the number of sites.
+
+    Additions are lazy: every coefficient added is below its prime q < 2**60, so a uint64 total can take
+    another (2**64 - 1) // q - 1 additions (15 or more) before it could overflow, and it is reduced modulo q
+    only then, and when ``total`` is read. That saves two of the five passes over memory an addition would
+    otherwise cost (the sum and the compare-and-subtract of a modular add).
+    """
 
     def __init__(self, ctx: CkksContext) -> None:
         self._moduli = ctx.moduli
         self._layout = layout_of(ctx)
         self._total: EncryptedVector | None = None
+        #: every coefficient of the total is below this many times its prime (0: nothing added yet)
+        self._multiple = 0
+        self._max_multiple = (2**64 - 1) // max(ctx.primes)
         self.count = 0
+
+    def add(self, vector: EncryptedVector) -> None:
+        if self._total is None:
+            self._total = EncryptedVector(vector.length, vector.data.copy())
+        else:
+            if vector.length != self._total.length:
+                raise BadShape(f"cannot add a vector of length {vector.length} to one of {self._total.length}")
+            self._make_room()
+            np.add(self._total.data, vector.data, out=self._total.data)
+        self._multiple += 1
+        self.count += 1
 
     def add_bytes(self, blob: bytes | memoryview, *, max_chunks: int) -> None:
         """``add(EncryptedVector.from_bytes(ctx, blob, max_chunks=...))`` without decoding the whole vector first.
@@ -96,55 +115,86 @@ class RunningSum:
         """
         layout = self._layout
         length, chunks = codec.check_header(layout, blob, kind=codec.KIND_CIPHERTEXT, max_chunks=max_chunks)
-        if self._total is not None and length != self._total.length:
+        if self._total is None:
+            shape = (chunks, 2, len(layout.primes), layout.degree)
+            total = EncryptedVector(length, np.zeros(shape, dtype=np.uint64))
+        elif length != self._total.length:
             raise BadShape(f"cannot add a vector of length {length} to one of {self._total.length}")
-        shape = (chunks, 2, len(layout.primes), layout.degree)
-        total = self._total if self._total is not None else EncryptedVector(length, np.zeros(shape, dtype=np.uint64))
+        else:
+            self._make_room()
+            total = self._total
         added = 0
         try:
             for start, block in self._blocks(blob, chunks):
                 part = total.data[start : start + block.shape[0]]
-                add_mod(part, block, self._moduli, out=part)
+                np.add(part, block, out=part)
                 added = start + block.shape[0]
         except InvalidCiphertext:
-            if self._total is not None:  # undo the blocks already added (they passed validation)
-                for start, block in self._blocks(blob, added):
-                    part = total.data[start : start + block.shape[0]]
-                    part[...] = sub_mod(part, block, self._moduli)
+            # undo the blocks already added (they passed validation); nothing was reduced since, so this is exact
+            for start, block in self._blocks(blob, added):
+                part = total.data[start : start + block.shape[0]]
+                np.subtract(part, block, out=part)
             raise
         self._total = total
+        self._multiple += 1
         self.count += 1
 
     def _blocks(self, blob: bytes | memoryview, chunks: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(first chunk, validated chunks) of a batch whose header ``codec.check_header`` accepted."""
+        """(first chunk, validated chunks) of a batch whose header ``codec.check_header`` accepted.
+
+        Every block is a view of one buffer: use it before asking for the next.
+        """
         layout = self._layout
         shape = (2, len(layout.primes), layout.degree)
         values = shape[0] * shape[1] * shape[2]
         step = max(1, _BLOCK_VALUES // values)
         chunk_bytes = layout.payload_bytes(codec.KIND_CIPHERTEXT, 1)
+        buffer = np.empty(min(step, chunks) * values, dtype=np.uint64)
         for start in range(0, chunks, step):
             count = min(step, chunks - start)
             offset = codec.HEADER.size + start * chunk_bytes
-            block = codec.unpack_bits(blob, count * values, layout.bits, offset=offset).reshape(count, *shape)
+            flat = codec.unpack_bits(blob, count * values, layout.bits, offset=offset, out=buffer[: count * values])
+            block = flat.reshape(count, *shape)
             # the same check as check_below_primes, as one maximum per limb: no boolean temporary
             for j, q in enumerate(layout.primes):
                 if block[:, :, j].max() >= q:
                     raise CoefficientOutOfRange("a coefficient is not below its prime")
             yield start, block
 
-    def add(self, vector: EncryptedVector) -> None:
-        if self._total is None:
-            self._total = EncryptedVector(vector.length, vector.data.copy())
-        else:
-            if vector.length != self._total.length:
-                raise BadShape(f"cannot add a vector of length {vector.length} to one of {self._total.length}")
-            add_mod(self._total.data, vector.data, self._moduli, out=self._total.data)
-        self.count += 1
+    def _make_room(self) -> None:
+        """Reduce the total if one more addition could overflow a 64-bit word."""
+        if self._multiple + 1 > self._max_multiple:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        """Bring every coefficient (below ``multiple`` * q) below q, a few chunks at a time.
+
+        Halving steps: for k = 2**(j-1), ..., 2, 1 with 2**j >= multiple, a coefficient below 2kq becomes
+        min(v, v - kq), which is below kq (v - kq wraps around to above v exactly when v < kq).
+        """
+        if self._total is None or self._multiple <= 1:
+            return
+        data = self._total.data
+        steps = []
+        k = 1 << (self._multiple - 1).bit_length()
+        while k > 1:
+            k //= 2
+            steps.append(self._moduli * np.uint64(k))
+        rows = max(1, _BLOCK_VALUES * data.shape[0] // max(data.size, 1))
+        scratch = np.empty((min(rows, data.shape[0]), *data.shape[1:]), dtype=np.uint64)
+        for start in range(0, data.shape[0], rows):
+            part = data[start : start + rows]
+            tmp = scratch[: part.shape[0]]
+            for kq in steps:
+                np.subtract(part, kq, out=tmp)
+                np.minimum(part, tmp, out=part)
+        self._multiple = 1
 
     @property
     def total(self) -> EncryptedVector:
         if self._total is None:
             raise ValueError("nothing has been added")
+        self._reduce()
         return self._total
 
 
