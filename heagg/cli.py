@@ -380,16 +380,18 @@ def aggregator(
 @click.option(
     "--full-verify-max-chunks",
     type=click.IntRange(1),
-    default=64,
+    default=256,
     show_default=True,
-    help="Recompute the whole sum before decrypting for models up to this many ciphertext chunks.",
+    help="Recompute the whole sum before decrypting for models up to this many ciphertext chunks "
+    "(256 chunks = 1M parameters with the compact preset).",
 )
 @click.option(
     "--spot-checks",
     type=click.IntRange(1),
-    default=32,
+    default=64,
     show_default=True,
-    help="For larger models, how many random chunks of the sum to recompute.",
+    help="For larger models, how many random chunks of the sum to recompute. An aggregator that tampers with "
+    "k of C chunks escapes one share holder with probability (1 - k/C)^checks: prefer full verification.",
 )
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="Torch threads for training.")
 @click.option(

@@ -101,8 +101,8 @@ class NodeConfig:
     state: Path
     test_data: Path | None = None
     holdout: float = 0.2
-    full_verify_max_chunks: int = 64
-    spot_checks: int = 32
+    full_verify_max_chunks: int = 256
+    spot_checks: int = 64
     hello_interval: float = 2.0
     #: keep the global model after every round in STATE/rounds/ (for audits and per-round evaluation)
     keep_round_models: bool = True
