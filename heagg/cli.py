@@ -673,6 +673,15 @@ def keys_inspect(file: Path, check_passphrase: bool) -> None:
         click.echo(line)
 
 
+def _add_bench() -> None:
+    from heagg.bench import bench_command
+
+    cli.add_command(bench_command, "bench")
+
+
+_add_bench()
+
+
 def main() -> None:
     try:
         code = cli.main(standalone_mode=False)
