@@ -290,10 +290,15 @@ class Reject(Message):
 
 @message
 class Finish(Message):
-    """All rounds are done: nodes save their state and exit."""
+    """All rounds are done: nodes save their state and exit.
+
+    Payload: the final consortium state's digest and the state sealed under the group key, if there is one, so
+    a node that missed the last step (it was down) ends with everyone's model.
+    """
 
     TYPE = "finish"
     BODY = {"rounds": _int()}
+    FRAMES = (0, 2)
     rounds: int = 0
 
 
@@ -321,9 +326,11 @@ def decode(frames: list[bytes], *, max_envelope_bytes: int = MAX_ENVELOPE_BYTES)
         raise MalformedMessage(f"envelope is not valid msgpack ({type(exc).__name__})") from exc
     if not isinstance(env, dict):
         raise MalformedMessage("envelope is not a map")
-    if env.get("v") != PROTOCOL_VERSION:
+    if type(env.get("v")) is not int or env["v"] != PROTOCOL_VERSION:  # True == 1 in Python: not a version
         raise UnsupportedVersion(f"protocol version {env.get('v')!r}, this heagg speaks {PROTOCOL_VERSION}")
-    cls = MESSAGE_TYPES.get(env.get("type"))  # type: ignore[arg-type]
+    kind = env.get("type")
+    # a list or map there is unhashable: look it up only if it is a string (else the TypeError escapes the tree)
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise UnknownMessageType(f"unknown message type {str(env.get('type'))[:32]!r}")
     expected = {"v", "type", "consortium", "round", "step", "attempt", "sender", "body"}

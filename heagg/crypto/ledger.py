@@ -32,6 +32,23 @@ _DIGEST_BYTES = 16
 _CHECK_BYTES = 8
 
 
+def _misplaced_record(tail: bytes, size: int) -> bool:
+    """Whether ``tail``, after a length prefix declaring ``size`` payload bytes, holds a whole record of another size.
+
+    An interrupted append leaves a prefix of its record, never a payload followed by its checksum. A whole
+    record after a length that runs past the end means the length prefix itself is damaged: dropping the
+    "torn tail" would then silently forget that record and every one after it.
+    """
+    unpacker = msgpack.Unpacker(max_buffer_size=len(tail) + 1)
+    unpacker.feed(tail)
+    try:
+        unpacker.skip()
+    except (ValueError, msgpack.UnpackException):  # OutOfData included: a prefix, as a torn append leaves
+        return False
+    n = unpacker.tell()
+    return n != size and tail[n : n + _CHECK_BYTES] == hashlib.sha256(tail[:n]).digest()[:_CHECK_BYTES]
+
+
 class DecryptionLedger:
     """What one share holder has partially decrypted; ``path=None`` keeps it in memory (tests, benchmarks)."""
 
@@ -68,13 +85,24 @@ class DecryptionLedger:
             (size,) = _LEN.unpack_from(data, offset)
             record_end = offset + _LEN.size + size + _CHECK_BYTES
             if record_end > end:
+                if _misplaced_record(data[offset + _LEN.size :], size):
+                    raise KeyFileCorrupted(
+                        f"{path} is damaged at byte {offset} (a record length points past the end): "
+                        "refusing to decrypt until it is restored"
+                    )
                 break  # torn record
             payload = data[offset + _LEN.size : offset + _LEN.size + size]
             if hashlib.sha256(payload).digest()[:_CHECK_BYTES] != data[record_end - _CHECK_BYTES : record_end]:
                 raise KeyFileCorrupted(f"{path} is damaged at byte {offset}: refusing to decrypt until it is restored")
-            record = msgpack.unpackb(payload, raw=False)
-            self._labels.add(record["label"])
-            self._seen.update(record["digests"])
+            try:
+                record = msgpack.unpackb(payload, raw=False)
+                label, digests = record["label"], record["digests"]
+            except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+                raise KeyFileCorrupted(f"{path} holds a malformed record at byte {offset}") from exc
+            if not (isinstance(label, str) and isinstance(digests, list) and all(type(d) is bytes for d in digests)):
+                raise KeyFileCorrupted(f"{path} holds a malformed record at byte {offset}")
+            self._labels.add(label)
+            self._seen.update(digests)
             offset = record_end
         if offset < end:  # drop the torn tail so the next append starts on a record boundary
             with open(path, "r+b") as f:

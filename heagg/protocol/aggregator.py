@@ -156,6 +156,7 @@ class Aggregator:
         self.blamed: set[str] = set()
         self.failed_sets: set[tuple[int, ...]] = set()
         self.rejections: Counter[str] = Counter()
+        self._quiet_counts()
         allowed = {s.name: s.curve_public.encode() for s in self.consortium.sites}
         longest = max(self.plan.vector_length(step) for step in ("scales", "train"))
         chunks = -(-longest // self.ctx.degree)
@@ -232,15 +233,37 @@ class Aggregator:
     def _msg(self, cls, ref: RoundRef, **fields) -> Message:
         return cls(consortium=self.consortium.consortium_id, ref=ref, sender=AGGREGATOR, **fields)
 
+    # A flooding site must not cost a log line and a reply per message: once the site stops reading, its queue
+    # fills and every reply blocks the aggregator for the send timeout (1 s), starving every other site. Each
+    # attempt, a site's first rejections are logged and answered, later ones only counted; a site whose queue
+    # is full gets no more replies, and a site is sent the open announcement again at most a few times.
+    _ANSWERED_REJECTIONS = 16
+    _ANSWERED_HELLOS = 5
+
+    def _quiet_counts(self) -> None:
+        """Start counting each site's rejections and hellos afresh (at every attempt)."""
+        self._rejected_by_site: Counter[str] = Counter()
+        self._hellos_by_site: Counter[str] = Counter()
+        self._unreachable: set[str] = set()
+
     def _reject(self, site: str, rejected_type: str, exc: HeaggError, state: RoundState | None) -> None:
         reason = exc.reason
         self.rejections[reason] += 1
         where = str(state.ref) if state else "between rounds"
-        logger.warning("%s: rejected %s from %s: %s: %s", where, rejected_type, site, reason, exc)
         if state is not None:
             state.rejected[site] = f"{reason}: {exc}"
+        self._rejected_by_site[site] += 1
+        if self._rejected_by_site[site] > self._ANSWERED_REJECTIONS:
+            if self._rejected_by_site[site] == self._ANSWERED_REJECTIONS + 1:
+                logger.warning("%s: %s keeps sending rejected messages: counting, not logging them", where, site)
+            return
+        logger.warning("%s: rejected %s from %s: %s: %s", where, rejected_type, site, reason, exc)
+        if site in self._unreachable:
+            return
         ref = state.ref if state else RoundRef(0, "scales", 0)
-        self._send(site, self._msg(Reject, ref, reason=f"{reason}: {exc}"[:500], rejected_type=rejected_type[:32]))
+        reply = self._msg(Reject, ref, reason=f"{reason}: {exc}"[:500], rejected_type=rejected_type[:32])
+        if not self._send(site, reply):
+            self._unreachable.add(site)
 
     def _receive(self, until: float, state: RoundState | None) -> tuple[str, Message] | None:
         """The next valid message for this attempt, handling hellos on the way; None at ``until``."""
@@ -278,9 +301,12 @@ class Aggregator:
             return site, msg
 
     def _on_hello(self, site: str, hello: Hello, state: RoundState | None) -> None:
+        self._hellos_by_site[site] += 1
+        if self._hellos_by_site[site] > self._ANSWERED_HELLOS:
+            return  # a node idle for long says hello every few seconds: it has had its answer
         logger.info("%s says hello (applied round %s %s)", site, hello.applied_round, hello.applied_step or "-")
         if self._finished_now:
-            self._send(site, self._msg(Finish, RoundRef(self.plan.rounds, "train", 0), rounds=self.plan.rounds))
+            self._send(site, self._finish_message())
         elif state is not None and self._collecting and site not in state.contributions:
             self._send(site, self._announcement(state), state)
 
@@ -326,6 +352,7 @@ class Aggregator:
     def _run_attempt(self, round_: int, step: str) -> RoundState:
         self.attempt += 1
         self._save()  # an attempt number is never reused, even across a crash
+        self._quiet_counts()
         now = self.clock()
         state = RoundState(RoundRef(round_, step, self.attempt), self.plan.vector_length(step), started=now)
         for stage in (self.announce, self.collect, self.consent, self.decrypt, self.publish, self.confirm):
@@ -592,9 +619,18 @@ class Aggregator:
             logger.warning("%s: %s could not apply the result: %s", state.ref, site, reason)
         if not ok:
             self.failed_sets.add(state.decrypting_set)
-            blamed = Counter(i for a in state.acks.values() if not a.ok for i in a.blame if i in state.decrypting_set)
+            blamed = Counter(
+                i for a in state.acks.values() if not a.ok for i in set(a.blame) if i in state.decrypting_set
+            )
             for index, votes in blamed.items():
                 name = self.consortium.site_by_index(index).name
+                # one site's word must not exclude another: a site is blamed by most of the others that answered
+                voters = sum(1 for site in state.acks if site != name)
+                if 2 * votes <= voters:
+                    logger.warning(
+                        "%s: %s blamed by %d of %d sites: not a majority, ignored", state.ref, name, votes, voters
+                    )
+                    continue
                 logger.warning(
                     "%s: %d sites report a malformed partial from %s: not asked to decrypt again",
                     state.ref,
@@ -643,11 +679,16 @@ class Aggregator:
 
     _awaiting_acks: set[str] = set()  # noqa: RUF012 - set per attempt in publish()
 
+    def _finish_message(self) -> Finish:
+        # the final state travels with it: a node that missed the last step still ends with everyone's model
+        payload = (self.state_digest, self.sealed_state) if self.sealed_state else ()
+        return self._msg(Finish, RoundRef(self.plan.rounds, "train", 0), rounds=self.plan.rounds, payload=payload)
+
     def _finish(self) -> None:
         self._finished_now = True
-        ref = RoundRef(self.plan.rounds, "train", 0)
+        self._quiet_counts()  # every node that says hello from now on is told to finish
         for site in self.consortium.sites:
-            self._send(site.name, self._msg(Finish, ref, rounds=self.plan.rounds))
+            self._send(site.name, self._finish_message())
         logger.info(
             "all %d rounds done; told the sites to finish; rejected messages by reason: %s",
             self.plan.rounds,

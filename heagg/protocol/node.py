@@ -64,6 +64,7 @@ from heagg.protocol.state import SharedState, load_record, save_record, state_di
 from heagg.protocol.tasks import SiteTask, standardizer_of
 from heagg.sitekeys import SiteKeys, load_public_context
 from heagg.splits import holdout_split
+from heagg.training import TrainConfig
 from heagg.transport import CurveKeyPair, NodeEndpoint
 
 logger = logging.getLogger("heagg.node")
@@ -139,8 +140,8 @@ class Node:
             sigma=self.consortium.sigma,
             ledger=DecryptionLedger(self.dir / LEDGER_FILE, budget=self.consortium.tau),
         )
-        self._load_state()
         self.plan: TrainingPlan | None = None
+        self._load_state()
         self.task: SiteTask | None = None
         self.submitted: RoundRef | None = None
         self.verified: checks.VerifiedRequest | None = None
@@ -166,6 +167,8 @@ class Node:
         if record.get("consortium_id") != self.consortium.consortium_id or record.get("site") != self.site.name:
             raise UsageError(f"{self.dir} holds the state of another site or consortium: use a new --state directory")
         self.run_id = record["run_id"]
+        # the plan is kept so that a node restarted after the last step can still write its final model
+        self.plan = TrainingPlan.from_dict(record["plan"]) if record.get("plan") else None
         self.shared = SharedState.from_bytes(record["shared"])
         self.consents = dict(record["consents"])
         self.history = list(record["history"])
@@ -181,6 +184,7 @@ class Node:
                 "consortium_id": self.consortium.consortium_id,
                 "site": self.site.name,
                 "run_id": self.run_id,
+                "plan": self.plan.to_dict() if self.plan else None,
                 "shared": self.shared.to_bytes(),
                 "consents": self.consents,
                 "history": self.history,
@@ -222,6 +226,7 @@ class Node:
                     logger.warning("%s: ignored a malformed message from the aggregator: %s", self.site.name, exc)
                     continue
                 if isinstance(msg, Finish):
+                    self._adopt_final_state(msg)
                     self._finish()
                     return 0
                 self._dispatch(msg)
@@ -254,6 +259,7 @@ class Node:
         run_id = str(plan.pop("run_id", ""))
         try:
             self.plan = TrainingPlan.from_dict(plan)
+            TrainConfig.from_dict({**self.plan.train, "seed": self.plan.seed})  # refused now, not mid-step
         except HeaggError as exc:
             logger.error("%s: the aggregator announced an unusable plan: %s", self.site.name, exc)
             return False
@@ -266,31 +272,51 @@ class Node:
                 logger.warning("%s: the aggregator started a new run (%s): starting over", self.site.name, run_id)
             self.run_id, self.shared, self.consents = run_id, SharedState(), {}
             self._save()
+        if msg.state_digest == b"" and self.shared.step:
+            # The aggregator was killed after the sites applied its first step but before it recorded that step,
+            # and runs it again: start over from the empty state, as from any older state it relays.
+            logger.warning(
+                "%s: the aggregator re-runs the first step: dropping round %d %s",
+                self.site.name,
+                self.shared.round,
+                self.shared.step,
+            )
+            self.shared = SharedState()
+            self._save()
         if msg.state_digest in (b"", self.shared.digest()):
             return msg.state_digest == self.shared.digest() or not self.shared.step
         if not msg.payload:
             logger.error("%s: out of sync and no consortium state was relayed", self.site.name)
             return False
+        return self._adopt_state(msg.state_digest, msg.payload[0])
+
+    def _adopt_state(self, digest: bytes, sealed: bytes) -> bool:
+        """Take the consortium state the aggregator relays (sealed by a site under the group key)."""
         try:
             raw = open_sealed(
                 self.keys.group_key,
-                msg.payload[0],
+                sealed,
                 kind="state",
                 consortium=self.consortium.consortium_id,
                 ref=NO_ROUND,
-                extra=[msg.state_digest],
+                extra=[digest],
             )
             shared = SharedState.from_bytes(raw)
         except (ProtocolError, ValueError, KeyError) as exc:
             logger.error("%s: the relayed consortium state does not open: %s", self.site.name, exc)
             return False
-        if shared.digest() != msg.state_digest:
+        if shared.digest() != digest:
             logger.error("%s: the relayed consortium state does not match its digest", self.site.name)
             return False
         logger.info("%s: caught up to round %d %s from the consortium state", self.site.name, shared.round, shared.step)
         self.shared = shared
         self._save()
         return True
+
+    def _adopt_final_state(self, msg: Finish) -> None:
+        """A node that missed the last step (it was down) takes the final state the finish message carries."""
+        if len(msg.payload) == 2 and msg.payload[0] != self.shared.digest():
+            self._adopt_state(msg.payload[0], msg.payload[1])
 
     def on_announce(self, msg: Announce) -> None:
         ref = msg.ref
@@ -417,6 +443,8 @@ class Node:
         members = tuple(msg.decrypting_set)
         if sorted(msg.senders) != list(members) or len(msg.payload) - 1 != len(members):
             raise DecryptionFailed("the relayed partials do not match the decrypting set")
+        if not all(1 <= index <= self.consortium.n_sites for index in members):  # else a KeyError below
+            raise DecryptionFailed(f"the relayed decrypting set {list(members)} names a site outside the consortium")
         partials = []
         for index, signature, sealed in zip(msg.senders, msg.signatures, msg.payload[1:], strict=True):
             who = self.consortium.site_by_index(index)

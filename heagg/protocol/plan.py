@@ -45,9 +45,12 @@ class TrainingPlan:
     def from_dict(cls, data: Any) -> TrainingPlan:
         if not isinstance(data, dict) or set(data) != {"model", "train", "rounds", "seed"}:
             raise UsageError("a training plan needs exactly: model, train, rounds, seed")
-        return cls(
-            model=dict(data["model"]), train=dict(data["train"]), rounds=int(data["rounds"]), seed=int(data["seed"])
-        )
+        try:
+            model, train = dict(data["model"]), dict(data["train"])
+            rounds, seed = int(data["rounds"]), int(data["seed"])
+        except (TypeError, ValueError) as exc:  # a plan read from the wire or a state file: say so, do not crash
+            raise UsageError(f"a training plan has a malformed field ({exc})") from None
+        return cls(model=model, train=train, rounds=rounds, seed=seed)
 
     def vector_length(self, step: str) -> int:
         """Length of what a site encrypts for a step, trailer (weight, count) included."""

@@ -61,7 +61,7 @@ def load_record(path: Path) -> dict[str, Any] | None:
         raise KeyFileCorrupted(f"{path} is damaged (checksum mismatch): restore it or start with a new --state")
     try:
         record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: a list or map as a map key
         raise KeyFileCorrupted(f"{path} is damaged ({exc})") from exc
     if not isinstance(record, dict):
         raise KeyFileCorrupted(f"{path} is not a heagg state file")
@@ -69,10 +69,16 @@ def load_record(path: Path) -> dict[str, Any] | None:
 
 
 def state_dir(path: Path | str) -> Path:
+    """The state directory, created if need be, without the temp files a crash inside ``write_atomic`` left."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--state {path} is a file, not a directory")
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # A process killed between mkstemp and the rename leaves ".<name>.<random>.tmp": the write it belonged to
+    # never happened (the old file is intact), so it is garbage. One process owns a state directory at a time.
+    for tmp in path.rglob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     return path
 
 
