@@ -216,21 +216,27 @@ class DecryptRequest(Message):
 
 @message
 class Challenge(Message):
-    """The share holder picks which chunks of every contribution it wants to see, to check the sum."""
+    """The share holder picks which chunks of one contribution it wants to see next, to check the sum.
+
+    ``contributor`` is a position in the decryption request's contributor list; a share holder asks for the
+    contributions one at a time, so neither side ever holds more than one contribution's chunks.
+    """
 
     TYPE = "challenge"
-    BODY = {"chunks": _list(_int(0, 1 << 32), max_len=1 << 20)}
+    BODY = {"chunks": _list(_int(0, 1 << 32), max_len=1 << 20), "contributor": _int(0, 1 << 16)}
     chunks: list = field(default_factory=list)
+    contributor: int = 0
 
 
 @message
 class ChallengeResponse(Message):
-    """Payload: one ciphertext batch per contributor (in request order) holding just the challenged chunks."""
+    """Payload: one ciphertext batch holding just the challenged chunks of the named contribution."""
 
     TYPE = "challenge-response"
-    BODY = {"chunks": _list(_int(0, 1 << 32), max_len=1 << 20)}
-    FRAMES = (1, 4096)
+    BODY = {"chunks": _list(_int(0, 1 << 32), max_len=1 << 20), "contributor": _int(0, 1 << 16)}
+    FRAMES = (1, 1)
     chunks: list = field(default_factory=list)
+    contributor: int = 0
 
 
 @message

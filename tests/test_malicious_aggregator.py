@@ -119,8 +119,9 @@ class EvilAggregator:
             site, msg = self.expect((Challenge, Partial, Refuse))
             if isinstance(msg, Challenge):
                 source = answer_with or names
-                frames = tuple(codec.select_chunks(layout_of(self.ctx), vectors[s], list(msg.chunks)) for s in source)
-                self.send(site, ChallengeResponse, ref, chunks=list(msg.chunks), payload=frames)
+                frame = codec.select_chunks(layout_of(self.ctx), vectors[source[msg.contributor]], list(msg.chunks))
+                self.send(site, ChallengeResponse, ref, chunks=list(msg.chunks), contributor=msg.contributor,
+                          payload=(frame,))
                 continue
             replies[site] = msg
         return replies

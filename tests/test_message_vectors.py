@@ -42,8 +42,8 @@ EXAMPLES = {
         "consents": [SIG, SIG],
         "payload": (b"aggregate", DIGEST, DIGEST),
     },
-    "challenge": {"chunks": [0, 5, 9]},
-    "challenge-response": {"chunks": [0, 5, 9], "payload": (b"chunks-of-site-1", b"chunks-of-site-2")},
+    "challenge": {"chunks": [0, 5, 9], "contributor": 1},
+    "challenge-response": {"chunks": [0, 5, 9], "contributor": 1, "payload": (b"chunks-of-site-2",)},
     "partial": {"signature": SIG, "payload": (b"sealed-partial",)},
     "refuse": {"reason": "only 1 contributions, fewer than min-sites 2"},
     "result": {

@@ -117,7 +117,7 @@ class RoundState:
     aggregate_root: bytes = b""
     consents: dict[str, bytes] = field(default_factory=dict)
     decrypting_set: tuple[int, ...] = ()
-    challenges: dict[int, list[int]] = field(default_factory=dict)
+    challenges: dict[int, dict[int, list[int]]] = field(default_factory=dict)
     partials: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     acks: dict[str, Ack] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
@@ -568,15 +568,20 @@ class Aggregator:
         return True
 
     def _answer_challenge(self, site: str, index: int, msg: Challenge, state: RoundState, chunks: int) -> None:
+        """Send the challenged chunks of one contribution, read from the spool: memory stays one contribution."""
         wanted = list(msg.chunks)
-        if index in state.challenges:
-            raise DuplicateMessage(f"{site} already challenged this aggregate")
+        contributors = sorted(state.contributions)
+        asked = state.challenges.setdefault(index, {})
+        if not 0 <= msg.contributor < len(contributors):
+            raise MalformedMessage(f"challenge names contributor {msg.contributor} of {len(contributors)}")
+        if msg.contributor in asked:
+            raise DuplicateMessage(f"{site} already challenged contribution {msg.contributor}")
         if len(set(wanted)) != len(wanted) or not wanted or any(not 0 <= k < chunks for k in wanted):
             raise MalformedMessage(f"challenge names chunks outside 0..{chunks - 1} or repeats one")
-        state.challenges[index] = wanted
-        contributors = sorted(state.contributions)
-        frames = tuple(state.contributions[s].chunks(self.layout, wanted) for s in contributors)
-        self._send(site, self._msg(ChallengeResponse, state.ref, chunks=wanted, payload=frames), state)
+        asked[msg.contributor] = wanted
+        frame = state.contributions[contributors[msg.contributor]].chunks(self.layout, wanted)
+        response = self._msg(ChallengeResponse, state.ref, chunks=wanted, contributor=msg.contributor, payload=(frame,))
+        self._send(site, response, state)
 
     def publish(self, state: RoundState) -> bool:
         start = self.clock()

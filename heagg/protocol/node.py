@@ -146,6 +146,7 @@ class Node:
         self.submitted: RoundRef | None = None
         self.verified: checks.VerifiedRequest | None = None
         self.challenge: list[int] = []
+        self.sum_check: checks.SumCheck | None = None
         chunks = max(1, -(-(1 << 24) // self.ctx.degree))
         self.endpoint = NodeEndpoint(
             config.connect,
@@ -397,21 +398,26 @@ class Node:
             full_max_chunks=self.config.full_verify_max_chunks,
             spot_checks=self.config.spot_checks,
         )
-        self._send(Challenge, ref, chunks=self.challenge)
+        self.sum_check = checks.SumCheck(self.verified, self.ctx, self.challenge)
+        self._send(Challenge, ref, chunks=self.challenge, contributor=0)
 
     def on_challenge_response(self, msg: ChallengeResponse) -> None:
         ref = msg.ref
         verified = self.verified
-        if verified is None or verified.ref != ref:
+        if verified is None or verified.ref != ref or self.sum_check is None:
             return self._refuse(ref, "no decryption request of this site is pending")
-        self.verified = None
         try:
-            checks.check_challenge_response(verified, msg, ctx=self.ctx, challenge=self.challenge)
+            self.sum_check.add(msg)
+            if not self.sum_check.done:
+                self._send(Challenge, ref, chunks=self.challenge, contributor=self.sum_check.next)
+                return None
+            self.verified = self.sum_check = None
             start = time.perf_counter()
             partial = self.holder.partial_decrypt(
                 verified.aggregate, verified.decrypting_set, label=f"{self.run_id}/{ref.label}"
             )
         except (RequestRefused, CryptoError) as exc:
+            self.verified = self.sum_check = None
             return self._refuse(ref, str(exc))
         root = verified.aggregate_root
         sealed = seal(

@@ -10,8 +10,8 @@ verified to be the sum of at least min-sites signed contributions from distinct 
    aggregate has the expected length.
 2. ``choose_challenge``: the share holder (not the aggregator) picks which chunks to see: all of them up to a
    configurable size (full recomputation), otherwise a random sample (spot checks).
-3. ``check_challenge_response``: every returned chunk matches its signed digest and, chunk by chunk, the
-   contributions add up to the aggregate exactly (modular addition is exact).
+3. ``SumCheck``: the contributions' challenged chunks, asked for one contribution at a time, each match their
+   signed digests and, chunk by chunk, add up to the aggregate exactly (modular addition is exact).
 
 Each failure raises ``RequestRefused`` with the reason; the node logs it and tells the aggregator.
 """
@@ -120,26 +120,43 @@ def choose_challenge(chunks: int, *, full_max_chunks: int, spot_checks: int) -> 
     return sorted(picked)
 
 
-def check_challenge_response(
-    verified: VerifiedRequest, response: ChallengeResponse, *, ctx: CkksContext, challenge: list[int]
-) -> None:
-    if response.ref != verified.ref or list(response.chunks) != challenge:
-        raise _refuse("the challenge response does not answer this site's challenge")
-    if len(response.payload) != len(verified.contributors):
-        raise _refuse(f"{len(response.payload)} contributions returned, expected {len(verified.contributors)}")
-    total = np.zeros((len(challenge), *verified.aggregate.data.shape[1:]), dtype=np.uint64)
-    for site, site_digests, frame in zip(verified.contributors, verified.digests, response.payload, strict=True):
+class SumCheck:
+    """Recomputes the challenged chunks of the aggregate one contribution at a time (memory: one contribution).
+
+    Every returned chunk must match the digest its site signed; once all contributions are in, their sum must
+    equal the aggregate's chunks exactly (modular addition is exact).
+    """
+
+    def __init__(self, verified: VerifiedRequest, ctx: CkksContext, challenge: list[int]) -> None:
+        self.verified = verified
+        self.ctx = ctx
+        self.challenge = challenge
+        self.next = 0  # position of the contribution asked for next
+        self.total = np.zeros((len(challenge), *verified.aggregate.data.shape[1:]), dtype=np.uint64)
+
+    @property
+    def done(self) -> bool:
+        return self.next == len(self.verified.contributors)
+
+    def add(self, response: ChallengeResponse) -> None:
+        verified, challenge = self.verified, self.challenge
+        if response.ref != verified.ref or list(response.chunks) != challenge or response.contributor != self.next:
+            raise _refuse("the challenge response does not answer this site's challenge")
+        site, site_digests = verified.contributors[self.next], verified.digests[self.next]
+        frame = response.payload[0]
         try:
-            part = EncryptedVector.from_bytes(ctx, frame, max_chunks=len(challenge))
+            part = EncryptedVector.from_bytes(self.ctx, frame, max_chunks=len(challenge))
         except InvalidCiphertext as exc:
             raise _refuse(f"contribution of {site} is not a valid ciphertext: {exc}") from exc
         if part.chunks != len(challenge):
             raise _refuse(f"contribution of {site} returned {part.chunks} chunks, expected {len(challenge)}")
-        returned = codec.chunk_digests(layout_of(ctx), frame)
+        returned = codec.chunk_digests(layout_of(self.ctx), frame)
         for position, index in enumerate(challenge):
             if returned[position] != site_digests[index]:
                 raise _refuse(f"chunk {index} of {site}'s contribution does not match what {site} signed")
-        add_mod(total, part.data, ctx.moduli, out=total)
-    for position, index in enumerate(challenge):
-        if not np.array_equal(total[position], verified.aggregate.data[index]):
-            raise _refuse(f"the aggregate is not the sum of the signed contributions (chunk {index})")
+        add_mod(self.total, part.data, self.ctx.moduli, out=self.total)
+        self.next += 1
+        if self.done:
+            for position, index in enumerate(challenge):
+                if not np.array_equal(self.total[position], verified.aggregate.data[index]):
+                    raise _refuse(f"the aggregate is not the sum of the signed contributions (chunk {index})")
