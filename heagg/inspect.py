@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -44,8 +45,9 @@ def _describe_manifest(path: Path) -> list[str]:
         f"{path}: heagg consortium manifest, consortium {c.consortium_id}, created {c.created}",
         f"  fingerprint:  {c.fingerprint[:16]} (verified: the manifest is as the ceremony wrote it)",
         f"  CKKS:         preset {c.preset}, scale 2^{c.scale_log2}, {len(c.primes)} data prime(s), "
-        f"decryption budget {c.tau} chunks",
-        f"  threshold:    {c.threshold} of {c.n_sites} sites",
+        f"flooding sigma 2^{math.log2(c.sigma):.1f}, decryption budget {c.tau} chunks",
+        f"  error bound:  {c.sum_error_bound():.1e} on each value of a decrypted sum (t={c.threshold} decryptors)",
+        f"  threshold:    {c.threshold} of {c.n_sites} sites; min-sites {c.min_sites} per sum",
         f"  fedavg:       clip {c.fedavg.clip}, max site samples {c.fedavg.max_site_samples}",
         f"  features:     {len(c.features)}",
         f"  aggregator:   CurveZMQ key {c.aggregator_curve_public[:8]}...",
