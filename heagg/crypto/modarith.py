@@ -51,12 +51,6 @@ def sub_mod(a: np.ndarray, b: np.ndarray, moduli: np.ndarray) -> np.ndarray:
     return out
 
 
-def neg_mod(a: np.ndarray, moduli: np.ndarray) -> np.ndarray:
-    out = np.subtract(moduli, a)
-    out[a == 0] = 0
-    return out
-
-
 def mul_mod(a: np.ndarray, b: np.ndarray, moduli: np.ndarray) -> np.ndarray:
     """(a * b) mod q for a, b already reduced."""
     a, b, moduli = np.broadcast_arrays(a, b, moduli)

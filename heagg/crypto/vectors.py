@@ -57,11 +57,6 @@ class EncryptedVector:
         """SHA-256 of each chunk's c1: the part a partial decryption depends on, so the ledger keys on it."""
         return [hashlib.sha256(self.data[k, 1].tobytes()).digest() for k in range(self.chunks)]
 
-    def digest(self) -> bytes:
-        """SHA-256 over the length and every chunk, both polynomials."""
-        h = hashlib.sha256(self.length.to_bytes(8, "little"))
-        h.update(np.ascontiguousarray(self.data).tobytes())
-        return h.digest()
 
 
 def encrypt_vector(ctx: CkksContext, values: np.ndarray) -> EncryptedVector:

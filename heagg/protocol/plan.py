@@ -71,10 +71,5 @@ def next_step(round_: int, step: str) -> tuple[int, str]:
     return (round_ + 1, "train")
 
 
-def step_order(round_: int, step: str) -> int:
-    """A total order on steps: compare progress of two parties."""
-    return 0 if step == "scales" else 1 if step == "moments" else 1 + round_
-
-
 def is_finished(completed: tuple[int, str] | None, plan: TrainingPlan) -> bool:
     return completed is not None and completed[1] == "train" and completed[0] >= plan.rounds
