@@ -183,6 +183,13 @@ def _key_passphrase(path: Path) -> str | None:
     return passphrase_from_env_or_prompt("HEAGG_PASSPHRASE", prompt=f"Passphrase for {path}: ", confirm=False)
 
 
+def _hidden_widths(hidden: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(h) for h in hidden.split(",") if h.strip())
+    except ValueError:
+        raise UsageError(f"--hidden {hidden!r}: give comma-separated layer widths, e.g. 32,16") from None
+
+
 def _plan(
     model: str,
     hidden: str,
@@ -196,12 +203,8 @@ def _plan(
 ):
     from heagg.protocol.plan import TrainingPlan
 
-    try:
-        widths = [int(h) for h in hidden.split(",") if h.strip()]
-    except ValueError:
-        raise UsageError(f"--hidden {hidden!r}: give comma-separated layer widths, e.g. 32,16") from None
     return TrainingPlan(
-        model={"kind": model, "n_features": n_features, "hidden": widths},
+        model={"kind": model, "n_features": n_features, "hidden": list(_hidden_widths(hidden))},
         train={"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer},
         rounds=rounds,
         seed=seed,
@@ -520,10 +523,7 @@ def simulate(
 
     if threshold > sites:
         raise UsageError(f"--threshold {threshold} is larger than --sites {sites}")
-    try:
-        widths = tuple(int(h) for h in hidden.split(",") if h.strip())
-    except ValueError:
-        raise UsageError(f"--hidden {hidden!r}: give comma-separated layer widths, e.g. 32,16") from None
+    widths = _hidden_widths(hidden)
     for path in (json_path, plot_path):
         if path is not None and not path.parent.exists():
             raise UsageError(f"cannot write {path}: directory {path.parent} does not exist")

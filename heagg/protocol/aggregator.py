@@ -159,7 +159,7 @@ class Aggregator:
         self._quiet_counts()
         allowed = {s.name: s.curve_public.encode() for s in self.consortium.sites}
         longest = max(self.plan.vector_length(step) for step in ("scales", "train"))
-        chunks = -(-longest // self.ctx.degree)
+        chunks = self.layout.chunks_for(longest)
         # the largest legitimate message a site sends is one submission; leave room for the envelope
         self.max_message = codec.HEADER.size + self.layout.payload_bytes(codec.KIND_CIPHERTEXT, chunks) + (1 << 20)
         self.endpoint = AggregatorEndpoint(
@@ -392,7 +392,7 @@ class Aggregator:
     def collect(self, state: RoundState) -> bool:
         expected = self.locked or [s.name for s in self.consortium.sites]
         state.total = RunningSum(self.ctx)
-        chunks = -(-state.length // self.ctx.degree)
+        chunks = self.layout.chunks_for(state.length)
         while len(state.contributions) < len(expected):
             got = self._receive(state.deadline, state)
             if got is None:

@@ -147,12 +147,12 @@ class Node:
         self.verified: checks.VerifiedRequest | None = None
         self.challenge: list[int] = []
         self.sum_check: checks.SumCheck | None = None
-        chunks = max(1, -(-(1 << 24) // self.ctx.degree))
+        # the largest message a node receives is one model-sized batch (a result, a challenged contribution):
+        # the transport's default limit (1 GiB) covers 10^7-parameter models with either preset
         self.endpoint = NodeEndpoint(
             config.connect,
             CurveKeyPair(keys.curve_public, keys.curve_secret),
             self.consortium.aggregator_curve_public.encode(),
-            max_message_bytes=max(1 << 30, chunks * self.consortium.n_sites * 2 * self.ctx.degree * 16),
         )
 
     # persistence --------------------------------------------------------------------------------
@@ -482,7 +482,7 @@ class Node:
         start = time.perf_counter()
         try:
             aggregate = EncryptedVector.from_bytes(
-                self.ctx, msg.payload[0], max_chunks=-(-self.plan.vector_length(ref.step) // self.ctx.degree)
+                self.ctx, msg.payload[0], max_chunks=layout_of(self.ctx).chunks_for(self.plan.vector_length(ref.step))
             )
             if aggregate.length != self.plan.vector_length(ref.step):
                 raise DecryptionFailed("the aggregate has the wrong length")

@@ -76,7 +76,7 @@ def check_request(
         raise _refuse(f"only {len(contributors)} contributions, fewer than min-sites {min_sites}")
     if not (len(request.signatures) == len(request.consents) == len(contributors) == len(request.payload) - 1):
         raise _refuse("contributors, signatures, consents and digest lists do not line up")
-    chunks = -(-expected_length // ctx.degree)
+    chunks = layout_of(ctx).chunks_for(expected_length)
     try:
         aggregate = EncryptedVector.from_bytes(ctx, request.payload[0], max_chunks=chunks)
     except InvalidCiphertext as exc:
